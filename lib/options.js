@@ -1,0 +1,118 @@
+'use strict';
+// Validates createAdapter()'s arguments and fills in defaults. Wrong types and unknown options throw
+// a TypeError at once; a URL that is a string but unusable is reported later, like an unreachable
+// broker (error event + rejected init()), so every broker problem surfaces the same way.
+const os = require('os');
+
+const DEFAULTS = Object.freeze({
+  exchangeName: 'socket.io',
+  queuePrefix: 'socket.io',
+  connectTimeout: 5000,
+  prefetch: 256,
+  publishBufferSize: 10000,
+  maxPendingDeliveries: 1024,
+});
+
+const STRING_OPTIONS = ['amqpUrl', 'exchangeName', 'queuePrefix', 'instanceName'];
+const FUNCTION_OPTIONS = ['readyCallback', 'shutdownCallbackCallback'];
+const COUNT_OPTIONS = {
+  connectTimeout: [1, 600000],
+  prefetch: [1, 65535],
+  publishBufferSize: [1, 10000000],
+  maxPendingDeliveries: [1, 10000000],
+};
+const KNOWN = new Set([...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
+// AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
+// instance name and a 16-character uid.
+const MAX_NAME_BYTES = 255;
+
+function fail(message) {
+  throw new TypeError(`socket.io-amqp0-native: ${message}`);
+}
+
+function isPlainObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function normalizeOptions(urlOrOptions, maybeOptions) {
+  let options;
+  if (typeof urlOrOptions === 'string') {
+    if (maybeOptions !== undefined && !isPlainObject(maybeOptions)) {
+      fail('createAdapter(url, options): options must be an object');
+    }
+    if (maybeOptions && 'amqpUrl' in maybeOptions) {
+      fail('createAdapter(url, options): give the URL once, not also as options.amqpUrl');
+    }
+    options = { ...maybeOptions, amqpUrl: urlOrOptions };
+  } else if (isPlainObject(urlOrOptions)) {
+    if (maybeOptions !== undefined) fail('createAdapter(options) takes one argument');
+    options = { ...urlOrOptions };
+  } else {
+    fail(
+      "createAdapter() needs a broker URL: createAdapter('amqp://localhost', options?) or " +
+        "createAdapter({ amqpUrl: 'amqp://localhost', ...options })",
+    );
+  }
+
+  if ('amqpConnection' in options) {
+    fail(
+      'the amqpConnection option of socket.io-amqp0 is not supported: this adapter opens its own ' +
+        "connection from a URL. Pass it instead: createAdapter({ amqpUrl: 'amqp://user:pass@host:5672/vhost', ... })",
+    );
+  }
+  if ('sidRoomRouting' in options) {
+    fail(
+      'the sidRoomRouting option of socket.io-amqp0 is not needed: messages to a socket id reach ' +
+        'only the server that holds the socket. Remove the option.',
+    );
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN.has(key)) fail(`unknown option "${key}" (known: ${[...KNOWN].join(', ')})`);
+  }
+  if (options.amqpUrl === undefined) fail('the amqpUrl option is required');
+  for (const key of STRING_OPTIONS) {
+    const value = options[key];
+    if (value === undefined) continue;
+    if (typeof value !== 'string' || value.length === 0) fail(`${key} must be a non-empty string`);
+  }
+  for (const key of FUNCTION_OPTIONS) {
+    if (options[key] !== undefined && typeof options[key] !== 'function') fail(`${key} must be a function`);
+  }
+  for (const [key, [min, max]] of Object.entries(COUNT_OPTIONS)) {
+    const value = options[key];
+    if (value === undefined) continue;
+    if (!Number.isInteger(value) || value < min || value > max) {
+      fail(`${key} must be an integer from ${min} to ${max}`);
+    }
+  }
+
+  const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options };
+  if (Buffer.byteLength(resolved.exchangeName) > MAX_NAME_BYTES) fail('exchangeName is longer than 255 bytes');
+  const queueBytes = Buffer.byteLength(`${resolved.queuePrefix}.${resolved.instanceName}.`) + 16;
+  if (queueBytes > MAX_NAME_BYTES) fail('queuePrefix and instanceName together are too long for a queue name');
+  return resolved;
+}
+
+// The reason a URL string cannot be used, or null. Checked before connecting so a typo gets a
+// readable message rather than a parser error from the AMQP client.
+function urlProblem(url) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return `"${url}" is not a URL; expected amqp://user:pass@host:5672/vhost or amqps://...`;
+  }
+  if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+    return `unsupported URL scheme "${parsed.protocol}" in ${redact(parsed)}; expected amqp:// or amqps://`;
+  }
+  if (!parsed.hostname) return `no host in ${redact(parsed)}`;
+  return null;
+}
+
+function redact(parsed) {
+  const copy = new URL(parsed.href);
+  if (copy.password) copy.password = '***';
+  return copy.href;
+}
+
+module.exports = { normalizeOptions, urlProblem, DEFAULTS };

@@ -1,0 +1,206 @@
+//! AMQP transport (lapin): one connection per server, one channel that publishes and manages
+//! bindings (so a binding and the publishes after it reach the broker in order), one channel that
+//! consumes the server's own queue.
+//!
+//! Topology: a non-durable `direct` exchange shared by the cluster; per server an exclusive,
+//! auto-delete queue whose name the client picks (`<prefix>.<instance>.<uid>`), bound with one
+//! routing key per namespace the server serves. A message is published once per namespace key and
+//! RabbitMQ copies it to each bound queue at most once.
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::time::Duration;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub url: String,
+    pub exchange: String,
+    pub queue: String,
+    /// Shown in the broker's connection list (`rabbitmqctl list_connections name`).
+    pub connection_name: String,
+    pub connect_timeout: Duration,
+    pub prefetch: u16,
+}
+
+pub struct Transport {
+    connection: Connection,
+    publisher: Channel,
+    exchange: String,
+    queue: String,
+}
+
+/// The routing key every server serving `nsp` binds.
+pub fn namespace_key(nsp: &str) -> String {
+    format!("nsp:{nsp}")
+}
+
+impl Transport {
+    /// Connects, declares the exchange and the server's queue, and starts consuming it.
+    pub async fn connect(config: &TransportConfig) -> Result<(Transport, Consumer), String> {
+        let timeout = config.connect_timeout;
+        match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!(
+                "could not connect to the AMQP broker at {} within {} ms",
+                redact(&config.url),
+                timeout.as_millis()
+            )),
+        }
+    }
+
+    async fn connect_inner(config: &TransportConfig) -> Result<(Transport, Consumer), String> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.clone().into());
+        let connection = Connection::connect(&config.url, properties)
+            .await
+            .map_err(|e| {
+                format!(
+                    "could not connect to the AMQP broker at {}: {e}",
+                    redact(&config.url)
+                )
+            })?;
+        let step = |what: &'static str| move |e: lapin::Error| format!("{what} failed: {e}");
+
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(step("opening a channel"))?;
+        publisher
+            .exchange_declare(
+                config.exchange.clone().into(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                format!(
+          "declaring exchange '{}' (direct, non-durable) failed: {e}; if an exchange of that name \
+           already exists with another type or durability, pick another `exchangeName`",
+          config.exchange
+        )
+            })?;
+
+        let consumer_channel = connection
+            .create_channel()
+            .await
+            .map_err(step("opening a channel"))?;
+        consumer_channel
+            .basic_qos(config.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(step("setting the prefetch"))?;
+        consumer_channel
+            .queue_declare(
+                config.queue.clone().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step("declaring the server's queue"))?;
+        let consumer = consumer_channel
+            .basic_consume(
+                config.queue.clone().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step("consuming the server's queue"))?;
+        let transport = Transport {
+            connection,
+            publisher,
+            exchange: config.exchange.clone(),
+            queue: config.queue.clone(),
+        };
+        Ok((transport, consumer))
+    }
+
+    pub async fn bind(&self, routing_key: &str) -> Result<(), String> {
+        self.publisher
+            .queue_bind(
+                self.queue.clone().into(),
+                self.exchange.clone().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("binding '{routing_key}' failed: {e}"))
+    }
+
+    pub async fn unbind(&self, routing_key: &str) -> Result<(), String> {
+        self.publisher
+            .queue_unbind(
+                self.queue.clone().into(),
+                self.exchange.clone().into(),
+                routing_key.into(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("unbinding '{routing_key}' failed: {e}"))
+    }
+
+    pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), String> {
+        self.publisher
+            .basic_publish(
+                self.exchange.clone().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .map(|_confirm| ())
+            .map_err(|e| format!("publishing failed: {e}"))
+    }
+
+    pub async fn close(&self) {
+        // The broker deletes the exclusive queue with the connection.
+        let _ = self
+            .connection
+            .close(200, "socket.io adapter closed".into())
+            .await;
+    }
+}
+
+/// The URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/vh"),
+            "amqp://guest:***@host:5672/vh"
+        );
+        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}

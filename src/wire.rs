@@ -1,0 +1,225 @@
+//! Wire format: what crosses the broker between servers.
+//!
+//! Every AMQP message body is one msgpack-encoded [`Envelope`] (named fields, so a newer peer can add
+//! fields without breaking an older one). `v` is the protocol version: a receiver drops, counts and
+//! reports an envelope whose version it does not speak instead of guessing at its layout.
+//!
+//! Socket.IO packets travel pre-encoded: the sending server runs its Socket.IO parser once and ships
+//! the resulting parts (text and binary chunks); receivers write those parts straight to their
+//! clients. Binary parts stay msgpack `bin`, so Buffers survive the trip byte for byte.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One chunk of an encoded Socket.IO packet: the parser's text header or a binary attachment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PacketPart {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl Serialize for PacketPart {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PacketPart::Text(text) => serializer.serialize_str(text),
+            PacketPart::Binary(bytes) => serializer.serialize_bytes(bytes),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PacketPart {
+    // Hand-written so a msgpack `bin` that happens to be valid UTF-8 stays binary.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PartVisitor;
+        impl<'de> Visitor<'de> for PartVisitor {
+            type Value = PacketPart;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a binary chunk")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(PacketPart::Text(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(PacketPart::Text(v))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(PacketPart::Binary(v.to_vec()))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(PacketPart::Binary(v))
+            }
+            // rmp-serde hands `bin` to visitors that ask for "any" as bytes; arrays of u8 are not
+            // accepted so a malformed sender cannot smuggle a number list in as binary.
+            fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
+                Err(de::Error::custom(
+                    "a packet part must be a string or binary",
+                ))
+            }
+        }
+        deserializer.deserialize_any(PartVisitor)
+    }
+}
+
+/// Which sockets a broadcast (or a remote socket operation) targets, as Socket.IO's
+/// `BroadcastOptions`: members of any of `rooms` (every socket when empty) minus members of any of
+/// `except`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub rooms: Vec<String>,
+    pub except: Vec<String>,
+}
+
+/// The per-packet write options Socket.IO passes to the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteFlags {
+    pub volatile: bool,
+    /// `None` leaves the engine's default (compress when the transport allows it).
+    pub compress: Option<bool>,
+}
+
+/// Every kind of message that crosses the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum Message {
+    /// A packet for the matching sockets of every server.
+    Broadcast {
+        target: Target,
+        flags: WriteFlags,
+        packet: Vec<PacketPart>,
+    },
+}
+
+/// The outer layer of every message on the exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Protocol version ([`PROTOCOL_VERSION`]).
+    pub v: u32,
+    /// The sending server's uid; a server ignores its own messages.
+    pub uid: String,
+    /// The Socket.IO namespace the message belongs to.
+    pub nsp: String,
+    pub message: Message,
+}
+
+/// Why an incoming body was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The body is not an envelope at all (garbage, truncated, a foreign producer).
+    Malformed(String),
+    /// A well-formed envelope of a protocol version this build does not speak.
+    UnsupportedVersion(u32),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            DecodeError::Malformed(reason) => write!(f, "malformed message: {reason}"),
+            DecodeError::UnsupportedVersion(v) => write!(
+        f,
+        "message of protocol version {v} dropped (this server speaks version {PROTOCOL_VERSION})"
+      ),
+        }
+    }
+}
+
+pub fn encode(envelope: &Envelope) -> Vec<u8> {
+    // Serialising our own plain structs into a Vec cannot fail.
+    rmp_serde::to_vec_named(envelope).expect("envelope serialises")
+}
+
+pub fn decode(body: &[u8]) -> Result<Envelope, DecodeError> {
+    #[derive(Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    // Read the version first so a future layout is reported as such, not as garbage.
+    let version = rmp_serde::from_slice::<VersionOnly>(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?
+        .v;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
+    rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            v: PROTOCOL_VERSION,
+            uid: "a1b2".into(),
+            nsp: "/chat".into(),
+            message: Message::Broadcast {
+                target: Target {
+                    rooms: vec!["r1".into(), "r2".into()],
+                    except: vec!["sid".into()],
+                },
+                flags: WriteFlags {
+                    volatile: true,
+                    compress: Some(false),
+                },
+                packet: vec![
+                    PacketPart::Text("51-[\"ev\",{\"_placeholder\":true,\"num\":0}]".into()),
+                    PacketPart::Binary(vec![0, 159, 255, 1]),
+                ],
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_an_envelope() {
+        let envelope = sample();
+        assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
+    }
+
+    #[test]
+    fn binary_that_is_valid_utf8_stays_binary() {
+        let mut envelope = sample();
+        if let Message::Broadcast { packet, .. } = &mut envelope.message {
+            *packet = vec![PacketPart::Binary(b"plain ascii".to_vec())];
+        }
+        let decoded = decode(&encode(&envelope)).unwrap();
+        let Message::Broadcast { packet, .. } = decoded.message;
+        assert_eq!(packet, vec![PacketPart::Binary(b"plain ascii".to_vec())]);
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for body in [&b""[..], b"\xc1", b"hello world", &[0x93, 1, 2, 3]] {
+            assert!(matches!(decode(body), Err(DecodeError::Malformed(_))));
+        }
+    }
+
+    #[test]
+    fn a_truncated_envelope_is_malformed() {
+        let bytes = encode(&sample());
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 3]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn another_version_is_reported_as_such() {
+        #[derive(Serialize)]
+        struct Future {
+            v: u32,
+            uid: String,
+            shape: Vec<u8>,
+        }
+        let body = rmp_serde::to_vec_named(&Future {
+            v: 2,
+            uid: "x".into(),
+            shape: vec![1],
+        })
+        .unwrap();
+        assert_eq!(decode(&body), Err(DecodeError::UnsupportedVersion(2)));
+    }
+}
