@@ -1,8 +1,9 @@
 'use strict';
 // Socket.IO's Adapter contract on top of the native node. The room index lives in Rust (see
 // room-views.js for the Map-like `rooms`/`sids`); this class keeps only what needs JS objects:
-// the slot -> socket id table for deliveries, and the writes to sockets.
-const { EventEmitter } = require('events');
+// the slot -> socket id table for deliveries, and the writes to sockets. It extends the in-memory
+// Adapter so `instanceof Adapter` holds, but overrides every method that touches state.
+const { Adapter } = require('socket.io-adapter');
 const { roomsView, sidsView } = require('./room-views');
 
 // Bits returned by the native index (src/room_index.rs).
@@ -13,11 +14,9 @@ const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
 
-class AmqpAdapter extends EventEmitter {
+class AmqpAdapter extends Adapter {
   constructor(nsp, cluster) {
-    super();
-    this.nsp = nsp;
-    this.encoder = nsp.server.encoder;
+    super(nsp);
     this._cluster = cluster;
     this._native = cluster.attach(this) ?? detachedIndex();
     this._slotIds = []; // slot (from the native index) -> socket id

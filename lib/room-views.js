@@ -1,11 +1,13 @@
 'use strict';
 const util = require('util');
-// Read-only, live views of the Rust room index with the read side of Map<string, Set<string>>, so
+// Read-only, live views of the Rust room index: real Map subclasses whose reads go to Rust, so
 // code written for the in-memory adapter (`adapter.rooms.get(room)`, `adapter.sids.has(id)`,
-// iteration, `size`) keeps working. Each Set handed out is a snapshot: changing it changes nothing.
+// iteration, `size`, `instanceof Map`) keeps working. Each Set handed out is a snapshot: changing
+// it changes nothing. Writes throw: rooms change through socket.join()/leave().
 
-class IndexView {
+class IndexView extends Map {
   constructor(listKeys, countKeys, hasKey, getMembers) {
+    super();
     this._listKeys = listKeys;
     this._countKeys = countKeys;
     this._hasKey = hasKey;
@@ -49,14 +51,26 @@ class IndexView {
     return this.entries();
   }
 
-  get [Symbol.toStringTag]() {
-    return 'Map';
+  set() {
+    throw readOnly();
+  }
+
+  delete() {
+    throw readOnly();
+  }
+
+  clear() {
+    throw readOnly();
   }
 
   // console.log(adapter.rooms) prints the contents, as it would for a Map.
   [util.inspect.custom](depth, options, inspect) {
     return inspect(new Map(this.entries()), options);
   }
+}
+
+function readOnly() {
+  return new TypeError('socket.io-amqp0-native: adapter.rooms and adapter.sids are read-only; use socket.join() and socket.leave()');
 }
 
 /** `adapter.rooms`: room name -> Set of socket ids. */

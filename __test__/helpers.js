@@ -1,0 +1,116 @@
+'use strict';
+// Shared test plumbing: real Socket.IO servers on the real broker, real clients, bounded waits.
+const http = require('http');
+const crypto = require('crypto');
+const { Server } = require('socket.io');
+const { io: connectClient } = require('socket.io-client');
+const { createAdapter } = require('..');
+
+const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
+const WAIT_MS = 5000;
+
+/** A name no other test run on this shared broker uses. */
+function uniqueName(label = 'test') {
+  return `sio-native-${label}-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
+}
+
+/** Resolves with the event's arguments, or rejects after `ms` with a message naming `what`. */
+function waitFor(emitter, event, what, ms = WAIT_MS) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, onEvent);
+      reject(new Error(`timed out after ${ms} ms waiting for ${what}`));
+    }, ms);
+    function onEvent(...args) {
+      clearTimeout(timer);
+      resolve(args);
+    }
+    emitter.once(event, onEvent);
+  });
+}
+
+/** Rejects with `what` if the promise does not settle within `ms`. */
+function within(promise, what, ms = WAIT_MS) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** Collects every `event` a client receives, so a test can assert exact counts later. */
+function record(client, event) {
+  const seen = [];
+  client.on(event, (...args) => seen.push(args));
+  return seen;
+}
+
+/**
+ * Starts `count` Socket.IO servers on one exchange, each on its own port, and waits until each
+ * one's default namespace is bound. `setup(io, i)` runs before the adapter is set.
+ */
+async function startCluster(count, { exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {}) {
+  const servers = [];
+  for (let i = 0; i < count; i++) {
+    const httpServer = http.createServer();
+    const io = new Server(httpServer, serverOptions);
+    if (setup) setup(io, i);
+    io.adapter(createAdapter(AMQP_URL, { exchangeName, ...adapterOptions }));
+    await within(io.of('/').adapter.init(), `server ${i} to bind its namespace`);
+    await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    servers.push({ io, httpServer, port: httpServer.address().port });
+  }
+  const clients = [];
+  return {
+    exchangeName,
+    servers,
+    ios: servers.map((s) => s.io),
+    /** Connects a real client to server `i` (namespace `nsp`) and waits for the connection. */
+    async client(i, nsp = '/', options = {}) {
+      const client = connectClient(`http://127.0.0.1:${servers[i].port}${nsp}`, {
+        transports: ['websocket'],
+        reconnection: false,
+        forceNew: true,
+        ...options,
+      });
+      clients.push(client);
+      await waitFor(client, 'connect', `a client to connect to server ${i}${nsp}`);
+      return client;
+    },
+    async close() {
+      for (const client of clients) client.disconnect();
+      await Promise.all(servers.map(({ io }) => within(io.close(), 'a server to close')));
+    },
+  };
+}
+
+/**
+ * Resolves once every later message from the same origin has been delivered: the server emits a
+ * marker to the client (after whatever the test emitted before), so absence can be asserted
+ * without sleeping. Messages from one server reach a queue in order (one AMQP channel).
+ */
+async function barrier(fromIo, client, nsp = '/') {
+  const marker = `barrier-${crypto.randomBytes(4).toString('hex')}`;
+  const arrived = waitFor(client, marker, `the ${marker} marker to reach client ${client.id}`);
+  fromIo.of(nsp).to(client.id).emit(marker);
+  await arrived;
+}
+
+module.exports = { AMQP_URL, WAIT_MS, uniqueName, waitFor, within, record, startCluster, barrier, createAdapter };
+
+/** How many broker connections carry `fragment` in their connection name (rabbitmqctl). */
+function brokerConnectionsMatching(fragment) {
+  const { execFileSync } = require('child_process');
+  const out = execFileSync('rabbitmqctl', ['list_connections', 'client_properties', '-q'], { encoding: 'utf8', timeout: 20000 });
+  return out.split('\n').filter((line) => line.includes(fragment)).length;
+}
+
+/** Whether a queue of that name exists on the broker (rabbitmqctl). */
+function brokerHasQueue(name) {
+  const { execFileSync } = require('child_process');
+  const out = execFileSync('rabbitmqctl', ['list_queues', 'name', '-q'], { encoding: 'utf8', timeout: 20000 });
+  return out.split('\n').some((line) => line.trim() === name);
+}
+
+module.exports.brokerConnectionsMatching = brokerConnectionsMatching;
+module.exports.brokerHasQueue = brokerHasQueue;

@@ -1,0 +1,79 @@
+import type { Namespace } from 'socket.io';
+import { Adapter, type Room, type SocketId } from 'socket.io-adapter';
+
+/** Options of {@link createAdapter}. Every field is optional except the URL. */
+export interface AmqpAdapterOptions {
+  /** Broker URL, `amqp://user:pass@host:5672/vhost` or `amqps://...`. Required in the object form. */
+  amqpUrl?: string;
+  /** Exchange shared by the cluster (a non-durable `direct` exchange). Default `'socket.io'`. */
+  exchangeName?: string;
+  /** First part of each server's queue name, `<queuePrefix>.<instanceName>.<uid>`. Default `'socket.io'`. */
+  queuePrefix?: string;
+  /** Readable part of queue and connection names. Default `os.hostname()`. */
+  instanceName?: string;
+  /** Called once per namespace when it receives messages from the other servers. */
+  readyCallback?: () => void;
+  /** Receives, per namespace, a function that closes that namespace's adapter. */
+  shutdownCallbackCallback?: (shutdown: () => Promise<void>) => void;
+  /** How long to wait for the broker before reporting an error, in ms. Default 5000. */
+  connectTimeout?: number;
+  /** Unacknowledged messages the broker may push to this server (backpressure). Default 256. */
+  prefetch?: number;
+  /** Publishes that may wait for the broker before new ones are dropped and counted. Default 10000. */
+  publishBufferSize?: number;
+  /** Received messages that may wait for the event loop before the consumer pauses. Default 1024. */
+  maxPendingDeliveries?: number;
+}
+
+/** Counters of one server's broker session (shared by its namespaces). */
+export interface AdapterStats {
+  /** Messages sent to the exchange. */
+  published: number;
+  /** Messages that could not be sent (buffer full, broker unusable). */
+  publishDropped: number;
+  /** Messages taken from this server's queue. */
+  received: number;
+  /** Received messages this server had sent itself. */
+  ownIgnored: number;
+  /** Received broadcasts with no local recipient: dropped in Rust, the event loop never saw them. */
+  noLocalRecipient: number;
+  /** Broadcasts handed to the event loop for local sockets. */
+  delivered: number;
+  /** Times the event loop was woken to take a batch. */
+  hostWakeups: number;
+  /** Received messages that could not be decoded or spoke another protocol version. */
+  malformed: number;
+}
+
+/**
+ * The adapter Socket.IO creates per namespace; an `Adapter` of socket.io-adapter. `rooms` and `sids`
+ * are live Maps over the Rust index: reads work as on the in-memory adapter (each Set is a
+ * snapshot), writes throw. Events: `error` (Error: broker unreachable, login refused, connection
+ * lost, undecodable messages; with no listener a warning is logged instead), `create-room`,
+ * `join-room`, `leave-room`, `delete-room` (as the in-memory adapter).
+ */
+export declare class AmqpAdapter extends Adapter {
+  /** This server's id on the bus; `null` when the URL was unusable. */
+  readonly uid: string | null;
+  constructor(nsp: Namespace, cluster: unknown);
+  /** Resolves when the namespace receives cluster messages; rejects with the broker error. */
+  init(): Promise<void>;
+  close(): Promise<void>;
+  /** Counters of this server's broker session; `null` when the URL was unusable. */
+  stats(): AdapterStats | null;
+  on(event: 'error', listener: (error: Error) => void): this;
+  on(event: 'create-room' | 'delete-room', listener: (room: Room) => void): this;
+  on(event: 'join-room' | 'leave-room', listener: (room: Room, id: SocketId) => void): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+}
+
+/** What `io.adapter()` takes: Socket.IO calls it (with `new`) for each namespace. */
+export type AmqpAdapterFactory = (nsp: Namespace) => AmqpAdapter;
+
+/**
+ * Creates the adapter for `io.adapter(...)`. Throws a TypeError for wrong option types, unknown
+ * options, or `amqpConnection` (pass a URL instead). Broker problems are reported asynchronously:
+ * an `error` event on the adapter and a rejected `init()`.
+ */
+export declare function createAdapter(url: string, options?: Omit<AmqpAdapterOptions, 'amqpUrl'>): AmqpAdapterFactory;
+export declare function createAdapter(options: AmqpAdapterOptions & { amqpUrl: string }): AmqpAdapterFactory;
