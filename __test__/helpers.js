@@ -114,3 +114,34 @@ function brokerHasQueue(name) {
 
 module.exports.brokerConnectionsMatching = brokerConnectionsMatching;
 module.exports.brokerHasQueue = brokerHasQueue;
+
+/** Polls `condition` every 20 ms until it holds; rejects with `what` after `ms`. */
+async function eventually(condition, what, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await condition();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** Starts __test__/fixtures/server-process.js on `exchangeName`; resolves with {child, port, uid}. */
+async function forkServer(exchangeName, adapterOptions = {}) {
+  const path = require('path');
+  const { fork } = require('child_process');
+  const child = fork(
+    path.join(__dirname, 'fixtures', 'server-process.js'),
+    [AMQP_URL, exchangeName, JSON.stringify(adapterOptions)],
+    { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
+  );
+  const [ready] = await waitFor(child, 'message', 'a forked server to start', 15000);
+  if (!ready.ready) {
+    child.kill('SIGKILL');
+    throw new Error(`the forked server failed: ${JSON.stringify(ready)}`);
+  }
+  return { child, port: ready.port, uid: ready.uid };
+}
+
+module.exports.eventually = eventually;
+module.exports.forkServer = forkServer;

@@ -1,10 +1,12 @@
 'use strict';
 // Socket.IO's Adapter contract on top of the native node. The room index lives in Rust (see
 // room-views.js for the Map-like `rooms`/`sids`); this class keeps only what needs JS objects:
-// the slot -> socket id table for deliveries, and the writes to sockets. It extends the in-memory
-// Adapter so `instanceof Adapter` holds, but overrides every method that touches state.
+// the slot -> socket id table for deliveries, the writes to sockets, and the JS values of cluster
+// requests. It extends the in-memory Adapter so `instanceof Adapter` holds, but overrides every
+// method that touches state.
 const { Adapter } = require('socket.io-adapter');
 const { roomsView, sidsView } = require('./room-views');
+const { encodeValue, decodeValue } = require('./payload');
 
 // Bits returned by the native index (src/room_index.rs).
 const ROOM_CREATED = 1;
@@ -18,13 +20,14 @@ class AmqpAdapter extends Adapter {
   constructor(nsp, cluster) {
     super(nsp);
     this._cluster = cluster;
+    this._options = cluster.options;
     this._native = cluster.attach(this) ?? detachedIndex();
     this._slotIds = []; // slot (from the native index) -> socket id
     this._ready = null;
     this._closed = false;
     this.rooms = roomsView(this._native);
     this.sids = sidsView(this._native);
-    const { shutdownCallbackCallback } = cluster.options;
+    const { shutdownCallbackCallback } = this._options;
     if (shutdownCallbackCallback) shutdownCallbackCallback(() => this.close());
   }
 
@@ -37,7 +40,7 @@ class AmqpAdapter extends Adapter {
   init() {
     if (!this._ready) {
       this._ready = this._cluster.bind(this).then(() => {
-        const { readyCallback } = this._cluster.options;
+        const { readyCallback } = this._options;
         if (readyCallback && !this._closed) readyCallback();
       });
     }
@@ -55,12 +58,15 @@ class AmqpAdapter extends Adapter {
     return this._cluster.stats();
   }
 
+  /** Servers serving this namespace, this one included, as known from their heartbeats. */
   serverCount() {
-    return Promise.resolve(1);
+    return Promise.resolve(this._native.serverCount());
   }
 
+  // ---- the local index -------------------------------------------------------------------
+
   addAll(id, rooms) {
-    const list = rooms instanceof Set ? [...rooms] : Array.from(rooms);
+    const list = Array.from(rooms);
     const result = this._native.addAll(id, list);
     this._slotIds[result[0]] = id;
     for (let i = 0; i < list.length; i++) {
@@ -71,9 +77,7 @@ class AmqpAdapter extends Adapter {
   }
 
   del(id, room) {
-    const change = this._native.del(id, room);
-    if (change & SOCKET_LEFT) this.emit('leave-room', room, id);
-    if (change & ROOM_DELETED) this.emit('delete-room', room);
+    this._emitLeave(room, id, this._native.del(id, room));
   }
 
   delAll(id) {
@@ -91,63 +95,109 @@ class AmqpAdapter extends Adapter {
     return rooms ? new Set(rooms) : undefined;
   }
 
+  sockets(rooms) {
+    return Promise.resolve(new Set(this._localSockets({ rooms }).map((socket) => socket.id)));
+  }
+
+  // ---- cluster operations ----------------------------------------------------------------
+
   broadcast(packet, opts) {
     const flags = opts.flags || {};
     packet.nsp = this.nsp.name;
     const encoded = toTransferable(this.encoder.encode(packet));
     const slots = this._native.broadcast(
       encoded,
-      opts.rooms ? [...opts.rooms] : NO_ROOMS,
-      opts.except ? [...opts.except] : NO_ROOMS,
+      listOf(opts.rooms),
+      listOf(opts.except),
       Boolean(flags.volatile),
       flags.compress === undefined ? undefined : Boolean(flags.compress),
       Boolean(flags.local),
     );
-    this._write(slots, encoded, { preEncoded: true, volatile: flags.volatile, compress: flags.compress }, () => packet);
+    this._write(slots, encoded, writeOptions(flags), () => packet);
   }
 
   broadcastWithAck(packet, opts, clientCountCallback, ack) {
     const flags = opts.flags || {};
-    const packetOpts = { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
     packet.nsp = this.nsp.name;
-    packet.id = this.nsp._ids++;
-    const encoded = this.encoder.encode(packet);
-    let clientCount = 0;
-    this._forEachLocal(opts, (socket) => {
-      clientCount++;
-      socket.acks.set(packet.id, ack);
-      notifyOutgoing(socket, () => packet);
-      socket.client.writeToEngine(encoded, packetOpts);
+    if (!flags.local) {
+      // Encoded before a local packet id is set: each server numbers the packet itself.
+      const requestId = this._native.broadcastWithAck(
+        toTransferable(this.encoder.encode(packet)),
+        listOf(opts.rooms),
+        listOf(opts.except),
+        Boolean(flags.volatile),
+        flags.compress === undefined ? undefined : Boolean(flags.compress),
+        flags.timeout ?? this._options.requestsTimeout,
+      );
+      if (requestId) {
+        this._cluster.track(requestId, {
+          onReply: (item) => {
+            if (item.replyTo === 'clientCount') clientCountCallback(item.count);
+            else ack(decodeValue(item.packet));
+          },
+          onDone: () => {},
+        });
+      }
+    }
+    const slots = this._native.recipients(listOf(opts.rooms), listOf(opts.except));
+    clientCountCallback(this._sendWithAck(slots, packet, writeOptions(flags), ack, flags.timeout));
+  }
+
+  async fetchSockets(opts) {
+    const local = this._localSockets(opts);
+    if (opts.flags?.local) return local;
+    const timeout = opts.flags?.timeout || this._options.requestsTimeout;
+    const { requestId, expected } = this._native.fetchSockets(listOf(opts.rooms), listOf(opts.except), timeout);
+    if (expected === 0) return local;
+    return new Promise((resolve, reject) => {
+      const found = local;
+      this._cluster.track(requestId, {
+        onReply: (item) => found.push(...decodeValue(item.packet)),
+        onDone: ({ closed, timedOut, answered }) => {
+          if (closed) reject(new Error('socket.io-amqp0-native: the adapter was closed during fetchSockets()'));
+          else if (timedOut) reject(new Error(`timeout reached: only ${answered} responses received out of ${expected}`));
+          else resolve(found);
+        },
+      });
     });
-    clientCountCallback(clientCount);
-  }
-
-  sockets(rooms) {
-    const ids = new Set();
-    this._forEachLocal({ rooms }, (socket) => ids.add(socket.id));
-    return Promise.resolve(ids);
-  }
-
-  fetchSockets(opts) {
-    const sockets = [];
-    this._forEachLocal(opts, (socket) => sockets.push(socket));
-    return Promise.resolve(sockets);
   }
 
   addSockets(opts, rooms) {
-    this._forEachLocal(opts, (socket) => socket.join(rooms));
+    const list = Array.from(rooms);
+    if (!opts.flags?.local) this._native.socketsJoin(listOf(opts.rooms), listOf(opts.except), list);
+    for (const socket of this._localSockets(opts)) socket.join(list);
   }
 
   delSockets(opts, rooms) {
-    this._forEachLocal(opts, (socket) => rooms.forEach((room) => socket.leave(room)));
+    const list = Array.from(rooms);
+    if (!opts.flags?.local) this._native.socketsLeave(listOf(opts.rooms), listOf(opts.except), list);
+    for (const socket of this._localSockets(opts)) for (const room of list) socket.leave(room);
   }
 
   disconnectSockets(opts, close) {
-    this._forEachLocal(opts, (socket) => socket.disconnect(close));
+    if (!opts.flags?.local) this._native.disconnectSockets(listOf(opts.rooms), listOf(opts.except), Boolean(close));
+    for (const socket of this._localSockets(opts)) socket.disconnect(close);
   }
 
-  serverSideEmit() {
-    throw new Error('socket.io-amqp0-native: serverSideEmit() is not supported yet');
+  serverSideEmit(packet) {
+    const withAck = typeof packet[packet.length - 1] === 'function';
+    const ack = withAck ? packet.pop() : null;
+    const args = encodeValue(packet);
+    const { requestId, expected } = this._native.serverSideEmit(args, withAck, this._options.requestsTimeout);
+    if (!withAck) return;
+    if (expected === 0) {
+      queueMicrotask(() => ack(null, []));
+      return;
+    }
+    const replies = [];
+    this._cluster.track(requestId, {
+      onReply: (item) => replies.push(decodeValue(item.packet)),
+      onDone: ({ closed, timedOut, answered }) => {
+        if (closed) ack(new Error('socket.io-amqp0-native: the adapter was closed during serverSideEmit()'), replies);
+        else if (timedOut) ack(new Error(`timeout reached: only ${answered} responses received out of ${expected}`), replies);
+        else ack(null, replies);
+      },
+    });
   }
 
   persistSession() {}
@@ -156,17 +206,91 @@ class AmqpAdapter extends Adapter {
     return null;
   }
 
-  // A broadcast from another server, already filtered to the local sockets it targets.
+  // ---- work from other servers (see ClusterNode._route) ----------------------------------
+
   _onRemote(item) {
-    let decoded;
-    const packet = () => {
-      if (decoded === undefined) decoded = this._decode(item.packet);
-      return decoded;
-    };
-    const packetOpts = { preEncoded: true, volatile: item.volatile, compress: item.compress ?? undefined };
-    this._write(item.slots, item.packet, packetOpts, packet);
+    switch (item.kind) {
+      case 'broadcast':
+        return item.requestId === undefined || item.requestId === null
+          ? this._deliverRemote(item)
+          : this._deliverRemoteWithAck(item);
+      case 'rooms':
+        return this._emitRemoteRoomChanges(item);
+      case 'disconnect':
+        for (const socket of this._socketsAt(item.slots)) socket.disconnect(item.close);
+        return undefined;
+      case 'fetch':
+        return this._answerFetch(item);
+      case 'serverSideEmit':
+        return this._onServerSideEmit(item);
+      default:
+        throw new Error(`socket.io-amqp0-native: unknown work kind "${item.kind}"`);
+    }
   }
 
+  _deliverRemote(item) {
+    let decoded;
+    const packet = () => {
+      if (decoded === undefined) decoded = this._decodePacket(item.packet);
+      return decoded;
+    };
+    this._write(item.slots, item.packet, remoteWriteOptions(item), packet);
+  }
+
+  _deliverRemoteWithAck(item) {
+    const { from, requestId } = item;
+    const packet = this._decodePacket(item.packet);
+    const reply = (arg) => this._native.replyAck(from, requestId, encodeValue(arg));
+    const count = this._sendWithAck(item.slots, packet, remoteWriteOptions(item), reply, item.timeoutMs);
+    this._native.replyClientCount(from, requestId, count);
+  }
+
+  _emitRemoteRoomChanges(item) {
+    for (let i = 0; i < item.rooms.length; i++) {
+      const room = item.rooms[i];
+      const id = item.ids[i];
+      if (item.joined) {
+        if (item.changes[i] & ROOM_CREATED) this.emit('create-room', room);
+        if (item.changes[i] & SOCKET_JOINED) this.emit('join-room', room, id);
+      } else {
+        this._emitLeave(room, id, item.changes[i]);
+      }
+    }
+  }
+
+  _answerFetch(item) {
+    const sockets = this._socketsAt(item.slots).map((socket) => {
+      // sessionStore (express-session) may hold circular references and means nothing remotely.
+      const { sessionStore, ...handshake } = socket.handshake;
+      return { id: socket.id, handshake, rooms: [...socket.rooms], data: socket.data };
+    });
+    this._native.replyFetch(item.from, item.requestId, sockets.length ? encodeValue(sockets) : []);
+  }
+
+  _onServerSideEmit(item) {
+    const args = decodeValue(item.packet);
+    if (item.requestId === undefined || item.requestId === null) {
+      this.nsp._onServerSideEmit(args);
+      return;
+    }
+    let answered = false;
+    const reply = (arg) => {
+      if (answered) return; // one reply per server, as Socket.IO's cluster adapter
+      answered = true;
+      this._native.replyServerSideEmit(item.from, item.requestId, encodeValue(arg));
+    };
+    this.nsp._onServerSideEmit([...args, reply]);
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------
+
+  _emitLeave(room, id, change) {
+    if (change & SOCKET_LEFT) this.emit('leave-room', room, id);
+    if (change & ROOM_DELETED) this.emit('delete-room', room);
+  }
+
+  // Writes `encoded` to the sockets in `slots`; `packet()` gives the packet object for
+  // onAnyOutgoing listeners (decoded lazily for packets from other servers).
   _write(slots, encoded, packetOpts, packet) {
     const sockets = this.nsp.sockets;
     for (let i = 0; i < slots.length; i++) {
@@ -177,18 +301,43 @@ class AmqpAdapter extends Adapter {
     }
   }
 
-  _forEachLocal(opts, callback) {
-    const rooms = opts.rooms ? [...opts.rooms] : NO_ROOMS;
-    const except = opts.except ? [...opts.except] : NO_ROOMS;
-    // A local-only query of the index: the broadcast entry point with nothing to send.
-    for (const slot of this._native.recipients(rooms, except)) {
-      const socket = this.nsp.sockets.get(this._slotIds[slot]);
-      if (socket) callback(socket);
+  // Sends `packet` with a fresh local id to the sockets in `slots`, routing each client's
+  // acknowledgement to `ack`; forgets the pending acks after `timeoutMs`. Returns the client count.
+  _sendWithAck(slots, packet, packetOpts, ack, timeoutMs) {
+    const sockets = this._socketsAt(slots);
+    if (sockets.length === 0) return 0;
+    packet.id = this.nsp._ids++;
+    const id = packet.id;
+    const encoded = this.encoder.encode(packet);
+    for (const socket of sockets) {
+      socket.acks.set(id, ack);
+      notifyOutgoing(socket, () => packet);
+      socket.client.writeToEngine(encoded, packetOpts);
     }
+    if (timeoutMs) {
+      // Clients that never answer must not leave entries behind in socket.acks.
+      setTimeout(() => {
+        for (const socket of sockets) if (socket.acks.get(id) === ack) socket.acks.delete(id);
+      }, timeoutMs).unref();
+    }
+    return sockets.length;
   }
 
-  // Rebuilds the packet object from its encoded parts, for onAnyOutgoing listeners only.
-  _decode(parts) {
+  _socketsAt(slots) {
+    const out = [];
+    for (let i = 0; i < slots.length; i++) {
+      const socket = this.nsp.sockets.get(this._slotIds[slots[i]]);
+      if (socket) out.push(socket);
+    }
+    return out;
+  }
+
+  _localSockets(opts) {
+    return this._socketsAt(this._native.recipients(listOf(opts.rooms), listOf(opts.except)));
+  }
+
+  // Rebuilds a packet from its encoded parts with the Server's own parser.
+  _decodePacket(parts) {
     const decoder = new this.nsp.server._parser.Decoder();
     let packet = null;
     decoder.on('decoded', (p) => {
@@ -196,16 +345,28 @@ class AmqpAdapter extends Adapter {
     });
     for (const part of parts) decoder.add(part);
     decoder.destroy?.();
+    if (!packet) throw new Error('socket.io-amqp0-native: an incomplete packet arrived from another server');
     return packet;
   }
+}
+
+function listOf(set) {
+  return set && set.size !== 0 ? [...set] : NO_ROOMS;
+}
+
+function writeOptions(flags) {
+  return { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
+}
+
+function remoteWriteOptions(item) {
+  return { preEncoded: true, volatile: item.volatile, compress: item.compress ?? undefined };
 }
 
 function notifyOutgoing(socket, packet) {
   // Socket.IO keeps outgoing listeners in this field; decode remote packets only when one exists.
   const listeners = socket._anyOutgoingListeners;
   if (listeners === undefined ? typeof socket.notifyOutgoingListeners === 'function' : listeners.length > 0) {
-    const p = packet();
-    if (p) socket.notifyOutgoingListeners(p);
+    socket.notifyOutgoingListeners(packet());
   }
 }
 
@@ -225,8 +386,7 @@ function toTransferable(parts) {
 // Stands in for the native index when the broker URL was unusable, so the server still works
 // locally while the error is reported.
 function detachedIndex() {
-  const native = require('./native');
-  return native.NativeNamespace.standalone();
+  return require('./native').NativeNamespace.standalone();
 }
 
 module.exports = { AmqpAdapter };

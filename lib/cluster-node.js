@@ -1,6 +1,6 @@
 'use strict';
 // One broker session per Socket.IO server, shared by the adapters of all its namespaces: wraps the
-// native node, routes drained deliveries to the right adapter and reports errors.
+// native node, routes drained work to the right adapter or pending request, and reports errors.
 const native = require('./native');
 const { urlProblem } = require('./options');
 
@@ -10,6 +10,7 @@ class ClusterNode {
   constructor(options) {
     this.options = options;
     this.adapters = new Map(); // namespace name -> AmqpAdapter
+    this.requests = new Map(); // request id -> { onReply(item), onDone(outcome) }
     this.closed = false;
     const problem = urlProblem(options.amqpUrl);
     // A URL that cannot work fails every namespace the same way a refused connection does.
@@ -26,6 +27,8 @@ class ClusterNode {
             prefetch: options.prefetch,
             publishBuffer: options.publishBufferSize,
             maxPendingDeliveries: options.maxPendingDeliveries,
+            heartbeatIntervalMs: options.heartbeatInterval,
+            heartbeatTimeoutMs: options.heartbeatTimeout,
           },
           () => this._onWake(),
         );
@@ -66,10 +69,19 @@ class ClusterNode {
     if (this.adapters.size === 0) await this.close();
   }
 
+  /** Routes the replies and the end of request `id` (from the native side) to `handler`. */
+  track(id, handler) {
+    this.requests.set(id, handler);
+  }
+
   close() {
     if (!this.closing) {
       this.closed = true;
       this.closing = this.native ? this.native.close() : Promise.resolve();
+      // Nothing will answer any more: end what still waits instead of leaving it hanging.
+      const pending = [...this.requests.values()];
+      this.requests.clear();
+      for (const handler of pending) handler.onDone({ closed: true, timedOut: false, answered: 0 });
     }
     return this.closing;
   }
@@ -103,16 +115,30 @@ class ClusterNode {
     }
     for (const item of items) {
       try {
-        if (item.kind === 'error') {
-          this.reportError(new Error(`socket.io-amqp0-native: ${item.message}`));
-        } else {
-          const adapter = this.adapters.get(item.nsp);
-          if (adapter) adapter._onRemote(item);
-        }
+        this._route(item);
       } catch (err) {
         // One bad delivery (or a throwing user listener) must not lose the rest of the batch.
         this.reportError(err instanceof Error ? err : new Error(String(err)));
       }
+    }
+  }
+
+  _route(item) {
+    switch (item.kind) {
+      case 'error':
+        this.reportError(new Error(`socket.io-amqp0-native: ${item.message}`));
+        break;
+      case 'reply':
+        this.requests.get(item.requestId)?.onReply(item);
+        break;
+      case 'done': {
+        const handler = this.requests.get(item.requestId);
+        this.requests.delete(item.requestId);
+        handler?.onDone({ closed: false, timedOut: item.timedOut, answered: item.count });
+        break;
+      }
+      default:
+        this.adapters.get(item.nsp)?._onRemote(item);
     }
   }
 }

@@ -11,6 +11,9 @@ const DEFAULTS = Object.freeze({
   prefetch: 256,
   publishBufferSize: 10000,
   maxPendingDeliveries: 1024,
+  requestsTimeout: 5000,
+  heartbeatInterval: 5000,
+  heartbeatTimeout: 10000,
 });
 
 const STRING_OPTIONS = ['amqpUrl', 'exchangeName', 'queuePrefix', 'instanceName'];
@@ -20,6 +23,9 @@ const COUNT_OPTIONS = {
   prefetch: [1, 65535],
   publishBufferSize: [1, 10000000],
   maxPendingDeliveries: [1, 10000000],
+  requestsTimeout: [1, 3600000],
+  heartbeatInterval: [1, 3600000],
+  heartbeatTimeout: [1, 3600000],
 };
 const KNOWN = new Set([...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
 // AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
@@ -87,6 +93,9 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
   }
 
   const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options };
+  if (resolved.heartbeatTimeout <= resolved.heartbeatInterval) {
+    fail('heartbeatTimeout must be longer than heartbeatInterval, or live servers would be dropped');
+  }
   if (Buffer.byteLength(resolved.exchangeName) > MAX_NAME_BYTES) fail('exchangeName is longer than 255 bytes');
   const queueBytes = Buffer.byteLength(`${resolved.queuePrefix}.${resolved.instanceName}.`) + 16;
   if (queueBytes > MAX_NAME_BYTES) fail('queuePrefix and instanceName together are too long for a queue name');

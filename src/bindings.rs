@@ -1,13 +1,13 @@
 //! The napi-rs surface: thin wrappers that convert between JS values and the plain-Rust core.
-//! Nothing here decides behaviour; see `cluster` and `room_index`.
+//! Nothing here decides behaviour; see `cluster`, `room_index`, `membership` and `requests`.
 
 use crate::cluster::{Drained, Namespace, Node, NodeConfig};
 use crate::room_index::RoomIndex;
-use crate::wire::{Message, PacketPart, Target, WriteFlags};
+use crate::wire::{AckRequest, Message, PacketPart, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,20 +22,42 @@ pub struct NodeOptions {
     pub prefetch: u32,
     pub publish_buffer: u32,
     pub max_pending_deliveries: u32,
+    pub heartbeat_interval_ms: u32,
+    pub heartbeat_timeout_ms: u32,
 }
 
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
 type JsPart = Either<String, Buffer>;
 
+/// One unit of work for the JS adapter; which fields are set depends on `kind`:
+/// - "broadcast": nsp, slots, packet, volatile, compress; with an ack also from, requestId, timeoutMs
+/// - "rooms": nsp, joined, rooms, ids, changes (room_index bits), one entry per change
+/// - "disconnect": nsp, slots, close
+/// - "fetch": nsp, slots, from, requestId
+/// - "serverSideEmit": nsp, packet (the arguments); with an ack also from, requestId
+/// - "reply": requestId, replyTo ("fetch" | "serverSideEmit" | "clientCount" | "ack"), packet or count
+/// - "done": requestId, timedOut, count (servers that answered, when timed out)
+/// - "error": message
 #[napi(object)]
+#[derive(Default)]
 pub struct DrainedItem {
-    /// "broadcast" or "error".
     pub kind: String,
     pub nsp: Option<String>,
     pub slots: Option<Uint32Array>,
     pub packet: Option<Vec<JsPart>>,
     pub volatile: Option<bool>,
     pub compress: Option<bool>,
+    pub from: Option<String>,
+    pub request_id: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub joined: Option<bool>,
+    pub rooms: Option<Vec<String>>,
+    pub ids: Option<Vec<String>>,
+    pub changes: Option<Uint32Array>,
+    pub close: Option<bool>,
+    pub reply_to: Option<String>,
+    pub count: Option<u32>,
+    pub timed_out: Option<bool>,
     pub message: Option<String>,
 }
 
@@ -46,9 +68,12 @@ pub struct NodeStats {
     pub received: f64,
     pub own_ignored: f64,
     pub no_local_recipient: f64,
+    pub answered_without_host: f64,
     pub delivered: f64,
     pub host_wakeups: f64,
     pub malformed: f64,
+    /// A gauge: requests still waiting for replies or their timeout.
+    pub pending_requests: f64,
 }
 
 #[napi(object)]
@@ -56,6 +81,14 @@ pub struct SocketRemoval {
     pub slot: u32,
     pub rooms: Vec<String>,
     pub deleted: Vec<bool>,
+}
+
+/// A request sent to the other servers: its id and how many servers will answer (0: none, and
+/// nothing was sent).
+#[napi(object)]
+pub struct RequestHandle {
+    pub request_id: u32,
+    pub expected: u32,
 }
 
 /// One server's broker session (see `cluster::Node`).
@@ -72,15 +105,18 @@ impl NativeNode {
         options: NodeOptions,
         wake: ThreadsafeFunction<(), (), (), Status, false>,
     ) -> Result<Self> {
+        let ms = |value: u32| Duration::from_millis(value.into());
         let config = NodeConfig {
             url: options.url,
             exchange: options.exchange_name,
             queue_prefix: options.queue_prefix,
             instance_name: options.instance_name,
-            connect_timeout: Duration::from_millis(options.connect_timeout_ms.into()),
+            connect_timeout: ms(options.connect_timeout_ms),
             prefetch: options.prefetch.min(u16::MAX as u32) as u16,
             publish_buffer: options.publish_buffer as usize,
             max_pending_deliveries: options.max_pending_deliveries.max(1) as usize,
+            heartbeat_interval: ms(options.heartbeat_interval_ms.max(1)),
+            heartbeat_timeout: ms(options.heartbeat_timeout_ms.max(1)),
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -135,68 +171,166 @@ impl NativeNode {
     #[napi]
     pub fn stats(&self) -> NodeStats {
         let s = &self.node.stats;
-        let read = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         NodeStats {
             published: read(&s.published),
             publish_dropped: read(&s.publish_dropped),
             received: read(&s.received),
             own_ignored: read(&s.own_ignored),
             no_local_recipient: read(&s.no_local_recipient),
+            answered_without_host: read(&s.answered_without_host),
             delivered: read(&s.delivered),
             host_wakeups: read(&s.host_wakeups),
             malformed: read(&s.malformed),
+            pending_requests: self.node.pending_requests() as f64,
         }
     }
 }
 
 fn to_js_item(item: Drained) -> DrainedItem {
-    let empty = DrainedItem {
-        kind: String::new(),
-        nsp: None,
-        slots: None,
-        packet: None,
-        volatile: None,
-        compress: None,
-        message: None,
-    };
+    let kind = |k: &str| k.to_string();
     match item {
         Drained::Broadcast {
             nsp,
             slots,
             flags,
             packet,
-        } => DrainedItem {
-            kind: "broadcast".into(),
+            ack,
+        } => {
+            let (from, ack) = ack.unzip();
+            DrainedItem {
+                kind: kind("broadcast"),
+                nsp: Some(nsp),
+                slots: Some(Uint32Array::new(slots)),
+                packet: Some(to_js_parts(packet)),
+                volatile: Some(flags.volatile),
+                compress: flags.compress,
+                from,
+                request_id: ack.map(|a| a.request_id),
+                timeout_ms: ack.map(|a| a.timeout_ms),
+                ..Default::default()
+            }
+        }
+        Drained::RoomsChanged {
+            nsp,
+            joined,
+            changes,
+        } => {
+            let mut rooms = Vec::with_capacity(changes.len());
+            let mut ids = Vec::with_capacity(changes.len());
+            let mut bits = Vec::with_capacity(changes.len());
+            for change in changes {
+                rooms.push(change.room);
+                ids.push(change.socket_id);
+                bits.push(u32::from(change.change));
+            }
+            DrainedItem {
+                kind: kind("rooms"),
+                nsp: Some(nsp),
+                joined: Some(joined),
+                rooms: Some(rooms),
+                ids: Some(ids),
+                changes: Some(Uint32Array::new(bits)),
+                ..Default::default()
+            }
+        }
+        Drained::DisconnectSockets { nsp, slots, close } => DrainedItem {
+            kind: kind("disconnect"),
             nsp: Some(nsp),
             slots: Some(Uint32Array::new(slots)),
-            packet: Some(packet.into_iter().map(to_js_part).collect()),
-            volatile: Some(flags.volatile),
-            compress: flags.compress,
-            ..empty
+            close: Some(close),
+            ..Default::default()
+        },
+        Drained::FetchSockets {
+            nsp,
+            slots,
+            from,
+            request_id,
+        } => DrainedItem {
+            kind: kind("fetch"),
+            nsp: Some(nsp),
+            slots: Some(Uint32Array::new(slots)),
+            from: Some(from),
+            request_id: Some(request_id),
+            ..Default::default()
+        },
+        Drained::ServerSideEmit {
+            nsp,
+            args,
+            reply_to,
+        } => {
+            let (from, request_id) = reply_to.unzip();
+            DrainedItem {
+                kind: kind("serverSideEmit"),
+                nsp: Some(nsp),
+                packet: Some(to_js_parts(args)),
+                from,
+                request_id,
+                ..Default::default()
+            }
+        }
+        Drained::Reply {
+            request_id,
+            message,
+        } => {
+            let (reply_to, packet, count) = match message {
+                Message::FetchSocketsResponse { sockets, .. } => ("fetch", Some(sockets), None),
+                Message::ServerSideEmitResponse { reply, .. } => {
+                    ("serverSideEmit", Some(reply), None)
+                }
+                Message::BroadcastClientCount { count, .. } => ("clientCount", None, Some(count)),
+                Message::BroadcastAck { reply, .. } => ("ack", Some(reply), None),
+                other => unreachable!("not a reply: {other:?}"),
+            };
+            DrainedItem {
+                kind: kind("reply"),
+                request_id: Some(request_id),
+                reply_to: Some(reply_to.into()),
+                packet: packet.map(to_js_parts),
+                count,
+                ..Default::default()
+            }
+        }
+        Drained::RequestDone {
+            request_id,
+            timed_out,
+            answered,
+        } => DrainedItem {
+            kind: kind("done"),
+            request_id: Some(request_id),
+            timed_out: Some(timed_out),
+            count: Some(answered),
+            ..Default::default()
         },
         Drained::Error(message) => DrainedItem {
-            kind: "error".into(),
+            kind: kind("error"),
             message: Some(message),
-            ..empty
+            ..Default::default()
         },
     }
 }
 
-fn to_js_part(part: PacketPart) -> JsPart {
-    match part {
-        PacketPart::Text(text) => Either::A(text),
-        PacketPart::Binary(bytes) => Either::B(bytes.into()),
-    }
+fn to_js_parts(parts: Vec<PacketPart>) -> Vec<JsPart> {
+    parts
+        .into_iter()
+        .map(|part| match part {
+            PacketPart::Text(text) => Either::A(text),
+            PacketPart::Binary(bytes) => Either::B(bytes.into()),
+        })
+        .collect()
 }
 
-fn from_js_part(part: JsPart) -> PacketPart {
-    match part {
-        Either::A(text) => PacketPart::Text(text),
-        Either::B(bytes) => PacketPart::Binary(bytes.to_vec()),
-    }
+fn from_js_parts(parts: Vec<JsPart>) -> Vec<PacketPart> {
+    parts
+        .into_iter()
+        .map(|part| match part {
+            Either::A(text) => PacketPart::Text(text),
+            Either::B(bytes) => PacketPart::Binary(bytes.to_vec()),
+        })
+        .collect()
 }
 
-/// One namespace's room index on this server, plus the broadcast entry point.
+/// One namespace's room index on this server, and its cluster operations.
 #[napi]
 pub struct NativeNamespace {
     /// `None` for a namespace whose server has no usable broker session: it serves locally only.
@@ -207,6 +341,18 @@ pub struct NativeNamespace {
 impl NativeNamespace {
     fn index(&self) -> parking_lot::MutexGuard<'_, RoomIndex> {
         self.ns.index.lock()
+    }
+
+    fn publish(&self, message: Message) {
+        if let Some(node) = &self.node {
+            node.publish(&self.ns.name, message);
+        }
+    }
+
+    fn reply(&self, to: &str, message: Message) {
+        if let Some(node) = &self.node {
+            node.reply(to, &self.ns.name, message);
+        }
     }
 }
 
@@ -303,6 +449,14 @@ impl NativeNamespace {
         self.index().has_socket(&id)
     }
 
+    /// Servers serving this namespace, this one included.
+    #[napi]
+    pub fn server_count(&self) -> u32 {
+        self.node
+            .as_ref()
+            .map_or(1, |node| node.server_count(&self.ns.name) as u32)
+    }
+
     /// Publishes the packet to the other servers (unless `local_only`) and returns the slots of the
     /// local sockets it targets.
     #[napi]
@@ -317,14 +471,148 @@ impl NativeNamespace {
     ) -> Uint32Array {
         let target = Target { rooms, except };
         let local = self.index().recipients(&target);
-        if let (false, Some(node)) = (local_only, &self.node) {
-            let message = Message::Broadcast {
+        if !local_only {
+            self.publish(Message::Broadcast {
                 target,
                 flags: WriteFlags { volatile, compress },
-                packet: packet.into_iter().map(from_js_part).collect(),
-            };
-            node.publish(&self.ns.name, message);
+                packet: from_js_parts(packet),
+                ack: None,
+            });
         }
         Uint32Array::new(local)
+    }
+
+    /// Publishes a broadcast whose client counts and acks come back to this server until
+    /// `timeout_ms`; returns the request id the replies carry (0 without a broker).
+    #[napi]
+    pub fn broadcast_with_ack(
+        &self,
+        packet: Vec<JsPart>,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        volatile: bool,
+        compress: Option<bool>,
+        timeout_ms: u32,
+    ) -> u32 {
+        let Some(node) = &self.node else { return 0 };
+        let packet = from_js_parts(packet);
+        let timeout = Duration::from_millis(timeout_ms.into());
+        node.open_ended_request(&self.ns.name, timeout, |request_id| Message::Broadcast {
+            target: Target { rooms, except },
+            flags: WriteFlags { volatile, compress },
+            packet,
+            ack: Some(AckRequest {
+                request_id,
+                timeout_ms,
+            }),
+        })
+    }
+
+    #[napi]
+    pub fn sockets_join(&self, rooms: Vec<String>, except: Vec<String>, join: Vec<String>) {
+        let target = Target { rooms, except };
+        self.publish(Message::SocketsJoin {
+            target,
+            rooms: join,
+        });
+    }
+
+    #[napi]
+    pub fn sockets_leave(&self, rooms: Vec<String>, except: Vec<String>, leave: Vec<String>) {
+        let target = Target { rooms, except };
+        self.publish(Message::SocketsLeave {
+            target,
+            rooms: leave,
+        });
+    }
+
+    #[napi]
+    pub fn disconnect_sockets(&self, rooms: Vec<String>, except: Vec<String>, close: bool) {
+        let target = Target { rooms, except };
+        self.publish(Message::DisconnectSockets { target, close });
+    }
+
+    #[napi]
+    pub fn fetch_sockets(
+        &self,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        timeout_ms: u32,
+    ) -> RequestHandle {
+        self.request(timeout_ms, |request_id| Message::FetchSockets {
+            request_id,
+            target: Target { rooms, except },
+        })
+    }
+
+    /// Without `with_ack` the emit is fire-and-forget and the handle is empty.
+    #[napi]
+    pub fn server_side_emit(
+        &self,
+        args: Vec<JsPart>,
+        with_ack: bool,
+        timeout_ms: u32,
+    ) -> RequestHandle {
+        let args = from_js_parts(args);
+        if !with_ack {
+            self.publish(Message::ServerSideEmit {
+                request_id: None,
+                args,
+            });
+            return RequestHandle {
+                request_id: 0,
+                expected: 0,
+            };
+        }
+        self.request(timeout_ms, |request_id| Message::ServerSideEmit {
+            request_id: Some(request_id),
+            args,
+        })
+    }
+
+    #[napi]
+    pub fn reply_fetch(&self, to: String, request_id: u32, sockets: Vec<JsPart>) {
+        let sockets = from_js_parts(sockets);
+        self.reply(
+            &to,
+            Message::FetchSocketsResponse {
+                request_id,
+                sockets,
+            },
+        );
+    }
+
+    #[napi]
+    pub fn reply_server_side_emit(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
+        let reply = from_js_parts(reply);
+        self.reply(&to, Message::ServerSideEmitResponse { request_id, reply });
+    }
+
+    #[napi]
+    pub fn reply_client_count(&self, to: String, request_id: u32, count: u32) {
+        self.reply(&to, Message::BroadcastClientCount { request_id, count });
+    }
+
+    #[napi]
+    pub fn reply_ack(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
+        let reply = from_js_parts(reply);
+        self.reply(&to, Message::BroadcastAck { request_id, reply });
+    }
+}
+
+impl NativeNamespace {
+    fn request(&self, timeout_ms: u32, make: impl FnOnce(u32) -> Message) -> RequestHandle {
+        let Some(node) = &self.node else {
+            return RequestHandle {
+                request_id: 0,
+                expected: 0,
+            };
+        };
+        let timeout = Duration::from_millis(timeout_ms.into());
+        let (request_id, expected) = node.request(&self.ns.name, timeout, make);
+        RequestHandle {
+            request_id,
+            expected: expected as u32,
+        }
     }
 }

@@ -1,26 +1,33 @@
 //! The cluster node: one per Socket.IO server (one `createAdapter()` use), shared by all of that
-//! server's namespaces. It owns the broker session on the tokio runtime and the namespaces' room
-//! indexes, turns local operations into messages, and turns incoming messages into work for the
-//! host (the JS adapter) — only when a local socket is concerned.
+//! server's namespaces. It owns the broker session on the tokio runtime, the namespaces' room
+//! indexes, the list of peers and the pending requests; it turns local operations into messages,
+//! and incoming messages into work for the host (the JS adapter) — only when the host is needed.
 //!
-//! Threads: the host calls the synchronous methods on its own thread (the JS thread); the connection
-//! task, the command loop and the consumer loop run on tokio. They meet in three places:
+//! Threads: the host calls the synchronous methods on its own thread (the JS thread); the
+//! connection task (command loop, heartbeats) and the consumer loop run on tokio. They meet in:
 //! - `commands` (bounded mpsc): publishes and bindings, in call order, to the command loop;
-//! - `inbox` (bounded deque): decoded messages that have a local recipient, waiting for the host;
-//! - the room indexes (one mutex per namespace), read by the consumer to filter.
+//! - `inbox` (bounded deque): work waiting for the host, taken whole by `drain`;
+//! - the room indexes (one mutex per namespace), `peers` and `requests` (mutexes).
 //!
-//! The host is woken through `waker` at most once per batch and takes the whole inbox in `drain`.
+//! The host is woken through `waker` at most once per batch. What Rust can answer alone never wakes
+//! it: a broadcast with no local recipient is dropped, a fetch or ack broadcast with no local
+//! recipient is answered directly, heartbeats and late replies are handled here.
 
-use crate::room_index::{RoomIndex, Slot};
-use crate::transport::{namespace_key, Transport, TransportConfig};
-use crate::wire::{self, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
+use crate::membership::Peers;
+use crate::requests::{Reply, Requests};
+use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
+use crate::transport::{namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY};
+use crate::wire::{
+    self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
+};
 use futures_lite::StreamExt;
 use lapin::options::BasicAckOptions;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -35,8 +42,10 @@ pub struct NodeConfig {
     pub prefetch: u16,
     /// Publishes that may wait for the broker; past that they are dropped and counted.
     pub publish_buffer: usize,
-    /// Decoded messages that may wait for the host; past that the consumer stops acking.
+    /// Work items that may wait for the host; past that the consumer stops acking.
     pub max_pending_deliveries: usize,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
 }
 
 /// One namespace served by this node.
@@ -45,28 +54,87 @@ pub struct Namespace {
     pub index: Mutex<RoomIndex>,
 }
 
-/// Work handed to the host by [`Node::drain`].
+/// A room membership change the host reports as `join-room`/`leave-room` events, with the
+/// [`crate::room_index`] bits (`ROOM_CREATED | SOCKET_JOINED` or `SOCKET_LEFT | ROOM_DELETED`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct RoomChange {
+    pub room: String,
+    pub socket_id: String,
+    pub change: u8,
+}
+
+/// Work handed to the host by [`Node::drain`], in arrival order.
 #[derive(Debug)]
 pub enum Drained {
-    /// Write `packet` to the local sockets in `slots` of namespace `nsp`.
+    /// Write `packet` to the local sockets in `slots`. With `ack`, the host assigns the packet an
+    /// id, reports the client count and forwards each client's reply to `from`.
     Broadcast {
         nsp: String,
         slots: Vec<Slot>,
         flags: WriteFlags,
         packet: Vec<PacketPart>,
+        ack: Option<(String, AckRequest)>,
+    },
+    /// Remote `socketsJoin`/`socketsLeave`, already applied to the index: emit the events.
+    RoomsChanged {
+        nsp: String,
+        joined: bool,
+        changes: Vec<RoomChange>,
+    },
+    DisconnectSockets {
+        nsp: String,
+        slots: Vec<Slot>,
+        close: bool,
+    },
+    /// Describe the sockets in `slots` and answer `from`'s request.
+    FetchSockets {
+        nsp: String,
+        slots: Vec<Slot>,
+        from: String,
+        request_id: u32,
+    },
+    ServerSideEmit {
+        nsp: String,
+        args: Vec<PacketPart>,
+        reply_to: Option<(String, u32)>,
+    },
+    /// A reply to one of this server's requests.
+    Reply { request_id: u32, message: Message },
+    /// The request got every reply it waited for (or the servers it waited on left), or timed out
+    /// with `answered` servers having replied.
+    RequestDone {
+        request_id: u32,
+        timed_out: bool,
+        answered: u32,
     },
     /// Something the user should hear about (the adapter's `error` event).
     Error(String),
 }
 
+/// Inbox items: like [`Drained`], but targets are resolved to slots only when the host takes them,
+/// so they match the index as it is then.
 enum Inbound {
-    Broadcast {
+    Targeted {
         nsp: Arc<Namespace>,
         target: Target,
+        from: String,
+        work: TargetedWork,
+    },
+    Ready(Drained),
+}
+
+enum TargetedWork {
+    Broadcast {
         flags: WriteFlags,
         packet: Vec<PacketPart>,
+        ack: Option<AckRequest>,
     },
-    Error(String),
+    Disconnect {
+        close: bool,
+    },
+    Fetch {
+        request_id: u32,
+    },
 }
 
 enum Command {
@@ -75,11 +143,11 @@ enum Command {
         envelope: Envelope,
     },
     Bind {
-        key: String,
+        nsp: String,
         done: oneshot::Sender<Result<(), String>>,
     },
     Unbind {
-        key: String,
+        nsp: String,
     },
 }
 
@@ -91,6 +159,7 @@ pub struct Stats {
     pub received: AtomicU64,
     pub own_ignored: AtomicU64,
     pub no_local_recipient: AtomicU64,
+    pub answered_without_host: AtomicU64,
     pub delivered: AtomicU64,
     pub host_wakeups: AtomicU64,
     pub malformed: AtomicU64,
@@ -103,6 +172,10 @@ pub struct Node {
     queue: String,
     config: NodeConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Namespaces whose binding the broker confirmed: what heartbeats announce.
+    bound: Mutex<BTreeSet<String>>,
+    peers: Mutex<Peers>,
+    requests: Mutex<Requests>,
     commands: mpsc::Sender<Command>,
     pending_commands: Mutex<Option<mpsc::Receiver<Command>>>,
     inbox: Mutex<VecDeque<Inbound>>,
@@ -110,6 +183,7 @@ pub struct Node {
     waker: Mutex<Option<Waker>>,
     wake_pending: AtomicBool,
     closing: watch::Sender<bool>,
+    runtime: OnceLock<Handle>,
     task: Mutex<Option<JoinHandle<()>>>,
     last_malformed_report: Mutex<Option<Instant>>,
     pub stats: Stats,
@@ -125,6 +199,9 @@ impl Node {
             queue,
             config,
             namespaces: RwLock::default(),
+            bound: Mutex::default(),
+            peers: Mutex::default(),
+            requests: Mutex::default(),
             commands,
             pending_commands: Mutex::new(Some(receiver)),
             inbox: Mutex::default(),
@@ -132,6 +209,7 @@ impl Node {
             waker: Mutex::new(Some(waker)),
             wake_pending: AtomicBool::new(false),
             closing: watch::channel(false).0,
+            runtime: OnceLock::new(),
             task: Mutex::default(),
             last_malformed_report: Mutex::default(),
             stats: Stats::default(),
@@ -151,8 +229,9 @@ impl Node {
         let Some(commands) = self.pending_commands.lock().take() else {
             return;
         };
-        let node = self.clone();
-        *self.task.lock() = Some(tokio::spawn(node.run(commands)));
+        let runtime = Handle::current();
+        let _ = self.runtime.set(runtime.clone());
+        *self.task.lock() = Some(runtime.spawn(self.clone().run(commands)));
     }
 
     /// The namespace's state on this node, created on first use.
@@ -176,7 +255,7 @@ impl Node {
     pub async fn bind_namespace(&self, name: &str) -> Result<(), String> {
         let (done, result) = oneshot::channel();
         let command = Command::Bind {
-            key: namespace_key(name),
+            nsp: name.to_string(),
             done,
         };
         self.commands
@@ -191,62 +270,124 @@ impl Node {
     /// Stops receiving the namespace's messages and forgets its rooms.
     pub fn release_namespace(&self, name: &str) {
         self.namespaces.write().remove(name);
-        let key = namespace_key(name);
-        let _ = self.commands.try_send(Command::Unbind { key });
+        let _ = self.commands.try_send(Command::Unbind {
+            nsp: name.to_string(),
+        });
+    }
+
+    /// Requests still waiting for replies or their timeout.
+    pub fn pending_requests(&self) -> usize {
+        self.requests.lock().len()
+    }
+
+    /// How many servers serve `nsp`, this one included.
+    pub fn server_count(&self, nsp: &str) -> usize {
+        1 + self.peers.lock().serving_count(nsp)
     }
 
     /// Queues a message for every server of the namespace. Never blocks: with the buffer full the
     /// message is dropped and counted.
     pub fn publish(&self, nsp: &str, message: Message) {
-        let envelope = Envelope {
-            v: PROTOCOL_VERSION,
-            uid: self.uid.clone(),
-            nsp: nsp.to_string(),
-            message,
-        };
-        let command = Command::Publish {
-            key: namespace_key(nsp),
-            envelope,
-        };
-        if self.commands.try_send(command).is_err() {
-            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.send(namespace_key(nsp), nsp, message);
     }
 
-    /// Takes everything waiting for the host, recipients resolved against the current room index.
+    /// Queues a reply to one server's request.
+    pub fn reply(&self, to: &str, nsp: &str, message: Message) {
+        self.send(server_key(to), nsp, message);
+    }
+
+    /// Opens a request to every other server serving `nsp` and publishes it (`make` receives the
+    /// request id). Returns the id and how many servers will answer; with none, nothing is sent and
+    /// no request stays open.
+    pub fn request(
+        self: &Arc<Self>,
+        nsp: &str,
+        timeout: Duration,
+        make: impl FnOnce(u32) -> Message,
+    ) -> (u32, usize) {
+        let servers = self.peers.lock().serving(nsp);
+        let expected = servers.len();
+        if expected == 0 {
+            return (0, 0);
+        }
+        let id = self.requests.lock().open(servers);
+        self.expire_after(id, timeout);
+        self.publish(nsp, make(id));
+        (id, expected)
+    }
+
+    /// Like [`request`](Self::request), for replies counted by the host (ack broadcasts): the
+    /// request stays open until `timeout` whatever arrives.
+    pub fn open_ended_request(
+        self: &Arc<Self>,
+        nsp: &str,
+        timeout: Duration,
+        make: impl FnOnce(u32) -> Message,
+    ) -> u32 {
+        let id = self.requests.lock().open_ended();
+        self.expire_after(id, timeout);
+        self.publish(nsp, make(id));
+        id
+    }
+
+    /// Takes everything waiting for the host, targets resolved against the current room index.
     pub fn drain(&self) -> Vec<Drained> {
-        // Clear before taking, so a message queued after the take wakes the host again.
+        // Clear before taking, so an item queued after the take wakes the host again.
         self.wake_pending.store(false, Ordering::SeqCst);
         let inbound = std::mem::take(&mut *self.inbox.lock());
         self.inbox_space.notify_waiters();
         let mut out = Vec::with_capacity(inbound.len());
         for item in inbound {
-            match item {
-                Inbound::Broadcast {
+            let (nsp, target, from, work) = match item {
+                Inbound::Ready(drained) => {
+                    out.push(drained);
+                    continue;
+                }
+                Inbound::Targeted {
                     nsp,
                     target,
-                    flags,
-                    packet,
-                } => {
-                    let slots = nsp.index.lock().recipients(&target);
-                    if slots.is_empty() {
-                        continue;
-                    }
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    out.push(Drained::Broadcast {
-                        nsp: nsp.name.clone(),
+                    from,
+                    work,
+                } => (nsp, target, from, work),
+            };
+            let slots = nsp.index.lock().recipients(&target);
+            let name = nsp.name.clone();
+            let drained = match work {
+                // Requests are answered even when no socket matches any more.
+                TargetedWork::Fetch { request_id } => Drained::FetchSockets {
+                    nsp: name,
+                    slots,
+                    from,
+                    request_id,
+                },
+                TargetedWork::Broadcast { flags, packet, ack }
+                    if ack.is_some() || !slots.is_empty() =>
+                {
+                    Drained::Broadcast {
+                        nsp: name,
                         slots,
                         flags,
                         packet,
-                    });
+                        ack: ack.map(|ack| (from, ack)),
+                    }
                 }
-                Inbound::Error(message) => out.push(Drained::Error(message)),
-            }
+                TargetedWork::Disconnect { close } if !slots.is_empty() => {
+                    Drained::DisconnectSockets {
+                        nsp: name,
+                        slots,
+                        close,
+                    }
+                }
+                _ => continue,
+            };
+            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            out.push(drained);
         }
         out
     }
 
-    /// Flushes queued publishes, closes the connection and stops waking the host. Idempotent.
+    /// Says goodbye, flushes queued publishes, closes the connection and stops waking the host.
+    /// Idempotent.
     pub async fn close(&self) {
         self.closing.send_replace(true);
         let task = self.task.lock().take();
@@ -254,6 +395,42 @@ impl Node {
             let _ = task.await;
         }
         self.waker.lock().take();
+    }
+
+    fn send(&self, key: String, nsp: &str, message: Message) {
+        let envelope = Envelope {
+            v: PROTOCOL_VERSION,
+            uid: self.uid.clone(),
+            nsp: nsp.to_string(),
+            message,
+        };
+        if self
+            .commands
+            .try_send(Command::Publish { key, envelope })
+            .is_err()
+        {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn expire_after(self: &Arc<Self>, id: u32, timeout: Duration) {
+        let Some(runtime) = self.runtime.get() else {
+            return;
+        };
+        let node = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(node) = node.upgrade() {
+                let answered = node.requests.lock().expire(id);
+                if let Some(answered) = answered {
+                    node.push(Inbound::Ready(Drained::RequestDone {
+                        request_id: id,
+                        timed_out: true,
+                        answered: answered as u32,
+                    }));
+                }
+            }
+        });
     }
 
     async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<Command>) {
@@ -268,10 +445,11 @@ impl Node {
             ),
             connect_timeout: self.config.connect_timeout,
             prefetch: self.config.prefetch,
+            initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
         };
         let connected = tokio::select! {
-          result = Transport::connect(&transport_config) => result,
-          _ = closed(&mut closing) => Err("the adapter was closed while connecting".into()),
+            result = Transport::connect(&transport_config) => result,
+            _ = closed(&mut closing) => Err("the adapter was closed while connecting".into()),
         };
         let transport = match connected {
             Ok((transport, consumer)) => {
@@ -285,24 +463,35 @@ impl Node {
                 // Without a broker every later command fails with the same reason.
                 loop {
                     tokio::select! {
-                      Some(command) = commands.recv() => self.refuse(command, &error),
-                      _ = closed(&mut closing) => break,
+                        Some(command) = commands.recv() => self.refuse(command, &error),
+                        _ = closed(&mut closing) => break,
                     }
                 }
                 return;
             }
         };
+        self.announce(&transport, |namespaces| Message::Hello { namespaces })
+            .await;
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.reset();
+        let mut sweep = tokio::time::interval(sweep_period(self.config.heartbeat_timeout));
         loop {
             tokio::select! {
-              biased;
-              Some(command) = commands.recv() => self.execute(&transport, command).await,
-              _ = closed(&mut closing) => break,
+                biased;
+                Some(command) = commands.recv() => self.execute(&transport, command).await,
+                _ = heartbeat.tick() => {
+                    self.announce(&transport, |namespaces| Message::Heartbeat { namespaces }).await;
+                }
+                _ = sweep.tick() => self.forget_silent_peers(),
+                _ = closed(&mut closing) => break,
             }
         }
-        // Whatever was emitted before close() still goes out.
+        // Whatever was emitted before close() still goes out, then the others stop counting us.
         while let Ok(command) = commands.try_recv() {
             self.execute(&transport, command).await;
         }
+        self.publish_now(&transport, CLUSTER_KEY, "", Message::Goodbye)
+            .await;
         transport.close().await;
     }
 
@@ -315,15 +504,45 @@ impl Node {
                     Err(_) => self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed),
                 };
             }
-            Command::Bind { key, done } => {
-                let _ = done.send(transport.bind(&key).await);
+            Command::Bind { nsp, done } => {
+                let result = transport.bind(&namespace_key(&nsp)).await;
+                if result.is_ok() && self.bound.lock().insert(nsp) {
+                    self.announce(transport, |namespaces| Message::Heartbeat { namespaces })
+                        .await;
+                }
+                let _ = done.send(result);
             }
-            Command::Unbind { key } => {
-                if let Err(error) = transport.unbind(&key).await {
+            Command::Unbind { nsp } => {
+                if let Err(error) = transport.unbind(&namespace_key(&nsp)).await {
                     self.report(error);
+                }
+                if self.bound.lock().remove(&nsp) {
+                    self.announce(transport, |namespaces| Message::Heartbeat { namespaces })
+                        .await;
                 }
             }
         }
+    }
+
+    /// Tells every server which namespaces this one serves.
+    async fn announce(&self, transport: &Transport, make: impl FnOnce(Vec<String>) -> Message) {
+        let namespaces = self.bound.lock().iter().cloned().collect();
+        self.publish_now(transport, CLUSTER_KEY, "", make(namespaces))
+            .await;
+    }
+
+    async fn publish_now(&self, transport: &Transport, key: &str, nsp: &str, message: Message) {
+        let envelope = Envelope {
+            v: PROTOCOL_VERSION,
+            uid: self.uid.clone(),
+            nsp: nsp.to_string(),
+            message,
+        };
+        let counter = match transport.publish(key, &wire::encode(&envelope)).await {
+            Ok(()) => &self.stats.published,
+            Err(_) => &self.stats.publish_dropped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     fn refuse(&self, command: Command, reason: &str) {
@@ -361,33 +580,217 @@ impl Node {
             Ok(envelope) => envelope,
             Err(error) => return self.on_malformed(error),
         };
-        if envelope.uid == self.uid {
+        let Envelope {
+            uid: from,
+            nsp,
+            message,
+            ..
+        } = envelope;
+        if from == self.uid {
             self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let Some(nsp) = self.namespaces.read().get(&envelope.nsp).cloned() else {
+        let now = Instant::now();
+        match message {
+            Message::Hello { namespaces } => {
+                self.peers.lock().update(&from, namespaces, now);
+                // Answer so the newcomer counts this server without waiting for a heartbeat.
+                let namespaces = self.bound.lock().iter().cloned().collect();
+                self.send(
+                    CLUSTER_KEY.to_string(),
+                    "",
+                    Message::Heartbeat { namespaces },
+                );
+                return;
+            }
+            Message::Heartbeat { namespaces } => {
+                return self.peers.lock().update(&from, namespaces, now);
+            }
+            Message::Goodbye => {
+                self.peers.lock().remove(&from);
+                return self.forget_server(&from);
+            }
+            _ => self.peers.lock().touch(&from, now),
+        }
+        if let Some(request_id) = message.response_to() {
+            return self.on_reply(request_id, &from, message);
+        }
+        let Some(ns) = self.namespaces.read().get(&nsp).cloned() else {
             return;
         };
-        match envelope.message {
+        match message {
             Message::Broadcast {
                 target,
                 flags,
                 packet,
+                ack,
             } => {
-                if !nsp.index.lock().has_recipient(&target) {
+                if !ns.index.lock().has_recipient(&target) {
+                    self.stats
+                        .no_local_recipient
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(ack) = ack {
+                        self.stats
+                            .answered_without_host
+                            .fetch_add(1, Ordering::Relaxed);
+                        let count = Message::BroadcastClientCount {
+                            request_id: ack.request_id,
+                            count: 0,
+                        };
+                        self.reply(&from, &nsp, count);
+                    }
+                    return;
+                }
+                let work = TargetedWork::Broadcast { flags, packet, ack };
+                self.push_targeted(ns, target, from, work).await;
+            }
+            Message::SocketsJoin { target, rooms } => {
+                self.apply_membership(&ns, &target, &rooms, true).await
+            }
+            Message::SocketsLeave { target, rooms } => {
+                self.apply_membership(&ns, &target, &rooms, false).await
+            }
+            Message::DisconnectSockets { target, close } => {
+                if !ns.index.lock().has_recipient(&target) {
                     self.stats
                         .no_local_recipient
                         .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                self.wait_for_inbox_space().await;
-                self.push(Inbound::Broadcast {
-                    nsp,
-                    target,
-                    flags,
-                    packet,
-                });
+                let work = TargetedWork::Disconnect { close };
+                self.push_targeted(ns, target, from, work).await;
             }
+            Message::FetchSockets { request_id, target } => {
+                if !ns.index.lock().has_recipient(&target) {
+                    self.stats
+                        .answered_without_host
+                        .fetch_add(1, Ordering::Relaxed);
+                    let empty = Message::FetchSocketsResponse {
+                        request_id,
+                        sockets: Vec::new(),
+                    };
+                    return self.reply(&from, &nsp, empty);
+                }
+                let work = TargetedWork::Fetch { request_id };
+                self.push_targeted(ns, target, from, work).await;
+            }
+            Message::ServerSideEmit { request_id, args } => {
+                self.wait_for_inbox_space().await;
+                self.push(Inbound::Ready(Drained::ServerSideEmit {
+                    nsp,
+                    args,
+                    reply_to: request_id.map(|id| (from, id)),
+                }));
+            }
+            // Handled above; listed so a new message kind must be given a place here.
+            Message::Hello { .. }
+            | Message::Heartbeat { .. }
+            | Message::Goodbye
+            | Message::FetchSocketsResponse { .. }
+            | Message::ServerSideEmitResponse { .. }
+            | Message::BroadcastClientCount { .. }
+            | Message::BroadcastAck { .. } => {}
+        }
+    }
+
+    /// Remote `socketsJoin`/`socketsLeave` are applied to the index at once, in stream order, so a
+    /// broadcast to the room that follows them is filtered against the new membership.
+    async fn apply_membership(
+        &self,
+        ns: &Namespace,
+        target: &Target,
+        rooms: &[String],
+        join: bool,
+    ) {
+        let mut changes = Vec::new();
+        {
+            let mut index = ns.index.lock();
+            for slot in index.recipients(target) {
+                let Some(id) = index.socket_id(slot).cloned() else {
+                    continue;
+                };
+                if join {
+                    let outcome = index.add_all(&id, rooms);
+                    for (room, change) in rooms.iter().zip(outcome.changes) {
+                        if change & (ROOM_CREATED | SOCKET_JOINED) != 0 {
+                            changes.push(RoomChange {
+                                room: room.clone(),
+                                socket_id: id.to_string(),
+                                change,
+                            });
+                        }
+                    }
+                } else {
+                    for room in rooms {
+                        let change = index.del(&id, room);
+                        if change & (SOCKET_LEFT | ROOM_DELETED) != 0 {
+                            changes.push(RoomChange {
+                                room: room.clone(),
+                                socket_id: id.to_string(),
+                                change,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if changes.is_empty() {
+            self.stats
+                .no_local_recipient
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.wait_for_inbox_space().await;
+        self.push(Inbound::Ready(Drained::RoomsChanged {
+            nsp: ns.name.clone(),
+            joined: join,
+            changes,
+        }));
+    }
+
+    fn on_reply(&self, request_id: u32, from: &str, message: Message) {
+        // Only fetches and server-side emits count replies per server; ack broadcasts are counted
+        // by Socket.IO itself, so any number of their replies is accepted until the timeout.
+        let outcome = self.requests.lock().on_reply(request_id, from);
+        let Reply::Accepted { complete } = outcome else {
+            return;
+        };
+        let empty_fetch =
+            matches!(&message, Message::FetchSocketsResponse { sockets, .. } if sockets.is_empty());
+        if !empty_fetch {
+            self.push(Inbound::Ready(Drained::Reply {
+                request_id,
+                message,
+            }));
+        }
+        if complete {
+            self.push(Inbound::Ready(Drained::RequestDone {
+                request_id,
+                timed_out: false,
+                answered: 0,
+            }));
+        }
+    }
+
+    fn forget_silent_peers(&self) {
+        let dead = self
+            .peers
+            .lock()
+            .expire(Instant::now(), self.config.heartbeat_timeout);
+        for uid in dead {
+            self.forget_server(&uid);
+        }
+    }
+
+    /// A server left (goodbye or silence): requests that only waited on it are done.
+    fn forget_server(&self, uid: &str) {
+        let complete = self.requests.lock().forget_server(uid);
+        for request_id in complete {
+            self.push(Inbound::Ready(Drained::RequestDone {
+                request_id,
+                timed_out: false,
+                answered: 0,
+            }));
         }
     }
 
@@ -404,6 +807,22 @@ impl Node {
         }
     }
 
+    async fn push_targeted(
+        &self,
+        nsp: Arc<Namespace>,
+        target: Target,
+        from: String,
+        work: TargetedWork,
+    ) {
+        self.wait_for_inbox_space().await;
+        self.push(Inbound::Targeted {
+            nsp,
+            target,
+            from,
+            work,
+        });
+    }
+
     async fn wait_for_inbox_space(&self) {
         loop {
             let space = self.inbox_space.notified();
@@ -417,7 +836,7 @@ impl Node {
     }
 
     fn report(&self, message: String) {
-        self.push(Inbound::Error(message));
+        self.push(Inbound::Ready(Drained::Error(message)));
     }
 
     fn push(&self, item: Inbound) {
@@ -429,6 +848,11 @@ impl Node {
             }
         }
     }
+}
+
+/// How often silent peers are looked for: often enough to notice a death soon after the timeout.
+fn sweep_period(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Resolves once `close()` has been called.

@@ -4,6 +4,8 @@
 //! and testable without Node; `bindings` is the only napi-aware module.
 
 pub mod cluster;
+pub mod membership;
+pub mod requests;
 pub mod room_index;
 pub mod transport;
 pub mod wire;

@@ -25,6 +25,8 @@ pub struct TransportConfig {
     pub connection_name: String,
     pub connect_timeout: Duration,
     pub prefetch: u16,
+    /// Routing keys bound before consuming starts (the cluster key, the server's own key).
+    pub initial_bindings: Vec<String>,
 }
 
 pub struct Transport {
@@ -38,6 +40,14 @@ pub struct Transport {
 pub fn namespace_key(nsp: &str) -> String {
     format!("nsp:{nsp}")
 }
+
+/// The routing key only the server `uid` binds: replies to its requests.
+pub fn server_key(uid: &str) -> String {
+    format!("srv:{uid}")
+}
+
+/// The routing key every server binds: hellos, heartbeats and goodbyes.
+pub const CLUSTER_KEY: &str = "cluster";
 
 impl Transport {
     /// Connects, declares the exchange and the server's queue, and starts consuming it.
@@ -106,6 +116,18 @@ impl Transport {
             )
             .await
             .map_err(step("declaring the server's queue"))?;
+        for key in &config.initial_bindings {
+            consumer_channel
+                .queue_bind(
+                    config.queue.clone().into(),
+                    config.exchange.clone().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| format!("binding '{key}' failed: {e}"))?;
+        }
         let consumer = consumer_channel
             .basic_consume(
                 config.queue.clone().into(),

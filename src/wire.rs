@@ -82,16 +82,89 @@ pub struct WriteFlags {
     pub compress: Option<bool>,
 }
 
-/// Every kind of message that crosses the bus.
+/// What a requester needs to route replies back: responses go to the requester's own routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRequest {
+    pub request_id: u32,
+    /// How long the requester waits; the receiver forgets the request after that.
+    pub timeout_ms: u32,
+}
+
+/// Every kind of message that crosses the bus. Payloads the Rust side never looks into (server-side
+/// emit arguments, acknowledgement replies, fetched socket descriptions) are carried as encoded
+/// packet parts too, so binary stays binary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Message {
-    /// A packet for the matching sockets of every server.
+    /// A server joined (or rejoined) the cluster; everyone answers with a heartbeat.
+    Hello {
+        namespaces: Vec<String>,
+    },
+    /// "I am alive and serve these namespaces." Sent periodically and when the set changes.
+    Heartbeat {
+        namespaces: Vec<String>,
+    },
+    /// A server is closing: stop counting it and stop waiting for its replies.
+    Goodbye,
+    /// A packet for the matching sockets of every server; with `ack`, each server reports its
+    /// client count and forwards every client's acknowledgement.
     Broadcast {
         target: Target,
         flags: WriteFlags,
         packet: Vec<PacketPart>,
+        ack: Option<AckRequest>,
     },
+    SocketsJoin {
+        target: Target,
+        rooms: Vec<String>,
+    },
+    SocketsLeave {
+        target: Target,
+        rooms: Vec<String>,
+    },
+    DisconnectSockets {
+        target: Target,
+        close: bool,
+    },
+    FetchSockets {
+        request_id: u32,
+        target: Target,
+    },
+    /// `io.serverSideEmit(ev, ...args)`; with `request_id` the sender waits for one reply per server.
+    ServerSideEmit {
+        request_id: Option<u32>,
+        args: Vec<PacketPart>,
+    },
+    /// The matching sockets of one server (an empty list when it has none).
+    FetchSocketsResponse {
+        request_id: u32,
+        sockets: Vec<PacketPart>,
+    },
+    ServerSideEmitResponse {
+        request_id: u32,
+        reply: Vec<PacketPart>,
+    },
+    BroadcastClientCount {
+        request_id: u32,
+        count: u32,
+    },
+    BroadcastAck {
+        request_id: u32,
+        reply: Vec<PacketPart>,
+    },
+}
+
+impl Message {
+    /// The request a response answers, for messages sent to one server's own routing key.
+    pub fn response_to(&self) -> Option<u32> {
+        match self {
+            Message::FetchSocketsResponse { request_id, .. }
+            | Message::ServerSideEmitResponse { request_id, .. }
+            | Message::BroadcastClientCount { request_id, .. }
+            | Message::BroadcastAck { request_id, .. } => Some(*request_id),
+            _ => None,
+        }
+    }
 }
 
 /// The outer layer of every message on the exchange.
@@ -173,6 +246,10 @@ mod tests {
                     compress: Some(false),
                 },
                 packet,
+                ack: Some(AckRequest {
+                    request_id: 7,
+                    timeout_ms: 1000,
+                }),
             },
         }
     }
@@ -181,6 +258,83 @@ mod tests {
     fn round_trips_an_envelope() {
         let envelope = sample();
         assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
+    }
+
+    #[test]
+    fn round_trips_every_message_kind() {
+        let target = Target {
+            rooms: vec!["r".into()],
+            except: vec![],
+        };
+        let parts = vec![
+            PacketPart::Text("30[1]".into()),
+            PacketPart::Binary(vec![1]),
+        ];
+        let messages = vec![
+            Message::Hello {
+                namespaces: vec!["/".into(), "/chat".into()],
+            },
+            Message::Heartbeat { namespaces: vec![] },
+            Message::Goodbye,
+            Message::SocketsJoin {
+                target: target.clone(),
+                rooms: vec!["a".into()],
+            },
+            Message::SocketsLeave {
+                target: target.clone(),
+                rooms: vec!["a".into()],
+            },
+            Message::DisconnectSockets {
+                target: target.clone(),
+                close: true,
+            },
+            Message::FetchSockets {
+                request_id: 1,
+                target,
+            },
+            Message::ServerSideEmit {
+                request_id: None,
+                args: parts.clone(),
+            },
+            Message::FetchSocketsResponse {
+                request_id: 2,
+                sockets: vec![],
+            },
+            Message::ServerSideEmitResponse {
+                request_id: 3,
+                reply: parts.clone(),
+            },
+            Message::BroadcastClientCount {
+                request_id: 4,
+                count: 9,
+            },
+            Message::BroadcastAck {
+                request_id: 5,
+                reply: parts,
+            },
+        ];
+        for message in messages {
+            let envelope = Envelope {
+                v: PROTOCOL_VERSION,
+                uid: "u".into(),
+                nsp: "/".into(),
+                message,
+            };
+            assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
+        }
+    }
+
+    #[test]
+    fn responses_name_their_request() {
+        assert_eq!(
+            Message::BroadcastClientCount {
+                request_id: 4,
+                count: 0
+            }
+            .response_to(),
+            Some(4)
+        );
+        assert_eq!(Message::Goodbye.response_to(), None);
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! Who else is in the cluster, and which namespaces each serves.
+//!
+//! Peers are learnt only from `Hello`/`Heartbeat` messages (an emitter that merely publishes is never
+//! counted); any message from a known peer proves it alive. A peer that says `Goodbye` or stays
+//! silent past the heartbeat timeout is forgotten. Server counts are per namespace, because only
+//! servers that serve a namespace receive (and answer) its requests.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+struct Peer {
+    last_seen: Instant,
+    namespaces: HashSet<String>,
+}
+
+#[derive(Default)]
+pub struct Peers {
+    peers: HashMap<String, Peer>,
+}
+
+impl Peers {
+    /// Records a heartbeat: the peer is alive and serves exactly `namespaces`.
+    pub fn update(&mut self, uid: &str, namespaces: Vec<String>, now: Instant) {
+        let namespaces = namespaces.into_iter().collect();
+        match self.peers.get_mut(uid) {
+            Some(peer) => {
+                peer.last_seen = now;
+                peer.namespaces = namespaces;
+            }
+            None => {
+                self.peers.insert(
+                    uid.to_string(),
+                    Peer {
+                        last_seen: now,
+                        namespaces,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Any other message from a known peer keeps it alive.
+    pub fn touch(&mut self, uid: &str, now: Instant) {
+        if let Some(peer) = self.peers.get_mut(uid) {
+            peer.last_seen = now;
+        }
+    }
+
+    pub fn remove(&mut self, uid: &str) -> bool {
+        self.peers.remove(uid).is_some()
+    }
+
+    /// Forgets peers silent for longer than `timeout`; returns their uids.
+    pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
+        let dead: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| now.saturating_duration_since(peer.last_seen) > timeout)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in &dead {
+            self.peers.remove(uid);
+        }
+        dead
+    }
+
+    /// The peers that serve `nsp` (and so will answer its requests).
+    pub fn serving(&self, nsp: &str) -> HashSet<String> {
+        self.peers
+            .iter()
+            .filter(|(_, peer)| peer.namespaces.contains(nsp))
+            .map(|(uid, _)| uid.clone())
+            .collect()
+    }
+
+    pub fn serving_count(&self, nsp: &str) -> usize {
+        self.peers
+            .values()
+            .filter(|peer| peer.namespaces.contains(nsp))
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn counts_peers_per_namespace() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        peers.update("a", names(&["/", "/chat"]), now);
+        peers.update("b", names(&["/"]), now);
+        assert_eq!(peers.serving_count("/"), 2);
+        assert_eq!(peers.serving_count("/chat"), 1);
+        assert_eq!(peers.serving_count("/none"), 0);
+        peers.update("a", names(&["/"]), now);
+        assert_eq!(
+            peers.serving_count("/chat"),
+            0,
+            "a heartbeat replaces the list"
+        );
+        assert_eq!(
+            peers.serving("/"),
+            ["a", "b"].iter().map(|s| s.to_string()).collect()
+        );
+    }
+
+    #[test]
+    fn silent_peers_expire_and_touched_ones_stay() {
+        let start = Instant::now();
+        let mut peers = Peers::default();
+        peers.update("quiet", names(&["/"]), start);
+        peers.update("chatty", names(&["/"]), start);
+        peers.touch("chatty", start + Duration::from_secs(8));
+        peers.touch("stranger", start + Duration::from_secs(8));
+        let dead = peers.expire(start + Duration::from_secs(11), Duration::from_secs(10));
+        assert_eq!(dead, vec!["quiet".to_string()]);
+        assert_eq!(peers.serving_count("/"), 1);
+        assert!(peers.remove("chatty"));
+        assert!(!peers.remove("chatty"));
+        assert_eq!(peers.serving_count("/"), 0);
+    }
+}
