@@ -23,9 +23,15 @@ export interface AmqpAdapterOptions {
   publishBufferSize?: number;
   /** Received messages that may wait for the event loop before the consumer pauses. Default 1024. */
   maxPendingDeliveries?: number;
+  /** How long fetchSockets() and serverSideEmit() with an ack wait for replies, in ms. Default 5000. */
+  requestsTimeout?: number;
+  /** How often this server tells the others it is alive, in ms. Default 5000. */
+  heartbeatInterval?: number;
+  /** Silence after which another server counts as gone, in ms; must exceed heartbeatInterval. Default 10000. */
+  heartbeatTimeout?: number;
 }
 
-/** Counters of one server's broker session (shared by its namespaces). */
+/** Counters of one server's broker session (shared by its namespaces), since it started. */
 export interface AdapterStats {
   /** Messages sent to the exchange. */
   published: number;
@@ -37,12 +43,16 @@ export interface AdapterStats {
   ownIgnored: number;
   /** Received broadcasts with no local recipient: dropped in Rust, the event loop never saw them. */
   noLocalRecipient: number;
+  /** Requests with no local match (fetchSockets, ack broadcasts) answered from Rust alone. */
+  answeredWithoutHost: number;
   /** Broadcasts handed to the event loop for local sockets. */
   delivered: number;
   /** Times the event loop was woken to take a batch. */
   hostWakeups: number;
   /** Received messages that could not be decoded or spoke another protocol version. */
   malformed: number;
+  /** Requests of this server still waiting for replies or their timeout (a gauge). */
+  pendingRequests: number;
 }
 
 /**

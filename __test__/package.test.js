@@ -53,3 +53,16 @@ describe('option errors', () => {
     });
   }
 });
+
+describe('cluster option errors', () => {
+  const { createAdapter } = require('..');
+  it('heartbeatTimeout must exceed heartbeatInterval', () => {
+    assert.throws(
+      () => createAdapter(AMQP_URL, { heartbeatInterval: 5000, heartbeatTimeout: 5000 }),
+      /heartbeatTimeout must be longer than heartbeatInterval/,
+    );
+  });
+  it('requestsTimeout must be a positive integer', () => {
+    assert.throws(() => createAdapter(AMQP_URL, { requestsTimeout: 0 }), /requestsTimeout must be an integer/);
+  });
+});
