@@ -145,3 +145,37 @@ async function forkServer(exchangeName, adapterOptions = {}) {
 
 module.exports.eventually = eventually;
 module.exports.forkServer = forkServer;
+
+function rabbitmqctl(...args) {
+  const { execFileSync } = require('child_process');
+  return execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 })
+    .split('\n')
+    .filter((line) => line.trim() !== '');
+}
+
+/** The broker's pids of the connections whose name contains `fragment` (e.g. an adapter uid). */
+function brokerConnectionPids(fragment) {
+  return rabbitmqctl('list_connections', 'pid', 'client_properties')
+    .filter((line) => line.includes(fragment))
+    .map((line) => line.split('\t')[0]);
+}
+
+/** Closes (as the broker) only the connections named with `fragment`: a fault for our own servers. */
+function closeBrokerConnections(fragment) {
+  const pids = brokerConnectionPids(fragment);
+  for (const pid of pids) rabbitmqctl('close_connection', pid, 'fault injected by a test');
+  return pids.length;
+}
+
+/** Channels of the connection named with `fragment`, and queues named with it with their consumers. */
+function brokerFootprint(fragment) {
+  const pids = new Set(brokerConnectionPids(fragment));
+  const channels = rabbitmqctl('list_channels', 'connection').filter((line) => pids.has(line.trim())).length;
+  const queues = rabbitmqctl('list_queues', 'name', 'consumers')
+    .filter((line) => line.includes(fragment))
+    .map((line) => Number(line.split('\t')[1]));
+  return { connections: pids.size, channels, queues: queues.length, consumers: queues.reduce((a, b) => a + b, 0) };
+}
+
+module.exports.closeBrokerConnections = closeBrokerConnections;
+module.exports.brokerFootprint = brokerFootprint;

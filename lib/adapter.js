@@ -216,7 +216,7 @@ class AmqpAdapter extends Adapter {
           : this._deliverRemoteWithAck(item);
       case 'rooms':
         return this._emitRemoteRoomChanges(item);
-      case 'disconnect':
+      case 'disconnectSockets':
         for (const socket of this._socketsAt(item.slots)) socket.disconnect(item.close);
         return undefined;
       case 'fetch':

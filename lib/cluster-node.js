@@ -12,14 +12,14 @@ class ClusterNode {
     this.adapters = new Map(); // namespace name -> AmqpAdapter
     this.requests = new Map(); // request id -> { onReply(item), onDone(outcome) }
     this.closed = false;
-    const problem = urlProblem(options.amqpUrl);
+    const problem = options.amqpUrls.map(urlProblem).find(Boolean);
     // A URL that cannot work fails every namespace the same way a refused connection does.
     this.fatalError = problem ? new Error(`socket.io-amqp0-native: ${problem}`) : null;
     this.native = this.fatalError
       ? null
       : new native.NativeNode(
           {
-            url: options.amqpUrl,
+            urls: options.amqpUrls,
             exchangeName: options.exchangeName,
             queuePrefix: options.queuePrefix,
             instanceName: options.instanceName,
@@ -29,6 +29,8 @@ class ClusterNode {
             maxPendingDeliveries: options.maxPendingDeliveries,
             heartbeatIntervalMs: options.heartbeatInterval,
             heartbeatTimeoutMs: options.heartbeatTimeout,
+            reconnectDelayMs: options.reconnectDelay,
+            reconnectDelayMaxMs: options.reconnectDelayMax,
           },
           () => this._onWake(),
         );
@@ -93,16 +95,21 @@ class ClusterNode {
   // Emits `error` on every adapter that listens; with no listener anywhere, logs a warning instead
   // of throwing (an EventEmitter with no `error` listener would crash the process).
   reportError(error) {
+    if (!this._emitToListeners('error', error)) {
+      console.warn(`${LOG_PREFIX} ${error.message} (handle it with io.of('/').adapter.on('error', ...))`);
+    }
+  }
+
+  // Emits `event` on every adapter that listens for it; false when none does.
+  _emitToListeners(event, ...args) {
     let heard = false;
     for (const adapter of this.adapters.values()) {
-      if (adapter.listenerCount('error') > 0) {
-        adapter.emit('error', error);
+      if (adapter.listenerCount(event) > 0) {
+        adapter.emit(event, ...args);
         heard = true;
       }
     }
-    if (!heard) {
-      console.warn(`${LOG_PREFIX} ${error.message} (handle it with io.of('/').adapter.on('error', ...))`);
-    }
+    return heard;
   }
 
   _onWake() {
@@ -127,6 +134,21 @@ class ClusterNode {
     switch (item.kind) {
       case 'error':
         this.reportError(new Error(`socket.io-amqp0-native: ${item.message}`));
+        break;
+      case 'connectionLost': {
+        const error = new Error(`socket.io-amqp0-native: ${item.message}; reconnecting`);
+        if (!this._emitToListeners('disconnect', error)) console.warn(`${LOG_PREFIX} ${error.message}`);
+        break;
+      }
+      case 'reconnected':
+        if (!this._emitToListeners('reconnect', item.count)) {
+          console.warn(`${LOG_PREFIX} reconnected to the broker after ${item.count} attempt(s)`);
+        }
+        break;
+      case 'dropped':
+        // Lost messages always leave a trace in the log, listener or not.
+        this._emitToListeners('dropped', item.count);
+        console.warn(`${LOG_PREFIX} the publish buffer is full: dropped the ${item.count} oldest message(s)`);
         break;
       case 'reply':
         this.requests.get(item.requestId)?.onReply(item);

@@ -14,9 +14,11 @@ const DEFAULTS = Object.freeze({
   requestsTimeout: 5000,
   heartbeatInterval: 5000,
   heartbeatTimeout: 10000,
+  reconnectDelay: 500,
+  reconnectDelayMax: 30000,
 });
 
-const STRING_OPTIONS = ['amqpUrl', 'exchangeName', 'queuePrefix', 'instanceName'];
+const STRING_OPTIONS = ['exchangeName', 'queuePrefix', 'instanceName'];
 const FUNCTION_OPTIONS = ['readyCallback', 'shutdownCallbackCallback'];
 const COUNT_OPTIONS = {
   connectTimeout: [1, 600000],
@@ -26,8 +28,10 @@ const COUNT_OPTIONS = {
   requestsTimeout: [1, 3600000],
   heartbeatInterval: [1, 3600000],
   heartbeatTimeout: [1, 3600000],
+  reconnectDelay: [1, 3600000],
+  reconnectDelayMax: [1, 3600000],
 };
-const KNOWN = new Set([...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
+const KNOWN = new Set(['amqpUrl', ...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
 // AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
 // instance name and a 16-character uid.
 const MAX_NAME_BYTES = 255;
@@ -42,7 +46,7 @@ function isPlainObject(value) {
 
 function normalizeOptions(urlOrOptions, maybeOptions) {
   let options;
-  if (typeof urlOrOptions === 'string') {
+  if (typeof urlOrOptions === 'string' || Array.isArray(urlOrOptions)) {
     if (maybeOptions !== undefined && !isPlainObject(maybeOptions)) {
       fail('createAdapter(url, options): options must be an object');
     }
@@ -56,7 +60,7 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
   } else {
     fail(
       "createAdapter() needs a broker URL: createAdapter('amqp://localhost', options?) or " +
-        "createAdapter({ amqpUrl: 'amqp://localhost', ...options })",
+        "createAdapter({ amqpUrl: 'amqp://localhost', ...options }); for a RabbitMQ cluster, an array of URLs",
     );
   }
 
@@ -76,6 +80,10 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
     if (!KNOWN.has(key)) fail(`unknown option "${key}" (known: ${[...KNOWN].join(', ')})`);
   }
   if (options.amqpUrl === undefined) fail('the amqpUrl option is required');
+  const urls = Array.isArray(options.amqpUrl) ? options.amqpUrl : [options.amqpUrl];
+  if (urls.length === 0 || !urls.every((url) => typeof url === 'string' && url.length > 0)) {
+    fail('amqpUrl must be a non-empty string or a non-empty array of them');
+  }
   for (const key of STRING_OPTIONS) {
     const value = options[key];
     if (value === undefined) continue;
@@ -92,7 +100,9 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
     }
   }
 
-  const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options };
+  const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options, amqpUrls: urls };
+  delete resolved.amqpUrl;
+  if (resolved.reconnectDelayMax < resolved.reconnectDelay) fail('reconnectDelayMax must be at least reconnectDelay');
   if (resolved.heartbeatTimeout <= resolved.heartbeatInterval) {
     fail('heartbeatTimeout must be longer than heartbeatInterval, or live servers would be dropped');
   }

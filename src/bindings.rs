@@ -14,7 +14,7 @@ use std::time::Duration;
 /// Validated options (index.js checks types and fills defaults before calling).
 #[napi(object)]
 pub struct NodeOptions {
-    pub url: String,
+    pub urls: Vec<String>,
     pub exchange_name: String,
     pub queue_prefix: String,
     pub instance_name: String,
@@ -24,6 +24,8 @@ pub struct NodeOptions {
     pub max_pending_deliveries: u32,
     pub heartbeat_interval_ms: u32,
     pub heartbeat_timeout_ms: u32,
+    pub reconnect_delay_ms: u32,
+    pub reconnect_delay_max_ms: u32,
 }
 
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
@@ -32,12 +34,15 @@ type JsPart = Either<String, Buffer>;
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
 /// - "broadcast": nsp, slots, packet, volatile, compress; with an ack also from, requestId, timeoutMs
 /// - "rooms": nsp, joined, rooms, ids, changes (room_index bits), one entry per change
-/// - "disconnect": nsp, slots, close
+/// - "disconnectSockets": nsp, slots, close
 /// - "fetch": nsp, slots, from, requestId
 /// - "serverSideEmit": nsp, packet (the arguments); with an ack also from, requestId
 /// - "reply": requestId, replyTo ("fetch" | "serverSideEmit" | "clientCount" | "ack"), packet or count
 /// - "done": requestId, timedOut, count (servers that answered, when timed out)
 /// - "error": message
+/// - "connectionLost": message (reconnecting)
+/// - "reconnected": count (attempts it took)
+/// - "dropped": count (oldest buffered publishes dropped since the last report)
 #[napi(object)]
 #[derive(Default)]
 pub struct DrainedItem {
@@ -72,6 +77,9 @@ pub struct NodeStats {
     pub delivered: f64,
     pub host_wakeups: f64,
     pub malformed: f64,
+    pub reconnects: f64,
+    /// A gauge: publishes waiting to go out (during an outage: for the broker to come back).
+    pub buffered: f64,
     /// A gauge: requests still waiting for replies or their timeout.
     pub pending_requests: f64,
 }
@@ -107,7 +115,7 @@ impl NativeNode {
     ) -> Result<Self> {
         let ms = |value: u32| Duration::from_millis(value.into());
         let config = NodeConfig {
-            url: options.url,
+            urls: options.urls,
             exchange: options.exchange_name,
             queue_prefix: options.queue_prefix,
             instance_name: options.instance_name,
@@ -117,6 +125,8 @@ impl NativeNode {
             max_pending_deliveries: options.max_pending_deliveries.max(1) as usize,
             heartbeat_interval: ms(options.heartbeat_interval_ms.max(1)),
             heartbeat_timeout: ms(options.heartbeat_timeout_ms.max(1)),
+            reconnect_delay: ms(options.reconnect_delay_ms.max(1)),
+            reconnect_delay_max: ms(options.reconnect_delay_max_ms.max(1)),
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -182,6 +192,8 @@ impl NativeNode {
             delivered: read(&s.delivered),
             host_wakeups: read(&s.host_wakeups),
             malformed: read(&s.malformed),
+            reconnects: read(&s.reconnects),
+            buffered: self.node.outbox.len() as f64,
             pending_requests: self.node.pending_requests() as f64,
         }
     }
@@ -235,7 +247,7 @@ fn to_js_item(item: Drained) -> DrainedItem {
             }
         }
         Drained::DisconnectSockets { nsp, slots, close } => DrainedItem {
-            kind: kind("disconnect"),
+            kind: kind("disconnectSockets"),
             nsp: Some(nsp),
             slots: Some(Uint32Array::new(slots)),
             close: Some(close),
@@ -305,6 +317,21 @@ fn to_js_item(item: Drained) -> DrainedItem {
         Drained::Error(message) => DrainedItem {
             kind: kind("error"),
             message: Some(message),
+            ..Default::default()
+        },
+        Drained::Disconnected(message) => DrainedItem {
+            kind: kind("connectionLost"),
+            message: Some(message),
+            ..Default::default()
+        },
+        Drained::Reconnected { attempts } => DrainedItem {
+            kind: kind("reconnected"),
+            count: Some(attempts),
+            ..Default::default()
+        },
+        Drained::Dropped { count } => DrainedItem {
+            kind: kind("dropped"),
+            count: Some(count.min(u32::MAX as u64) as u32),
             ..Default::default()
         },
     }

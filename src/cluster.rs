@@ -5,7 +5,8 @@
 //!
 //! Threads: the host calls the synchronous methods on its own thread (the JS thread); the
 //! connection task (command loop, heartbeats) and the consumer loop run on tokio. They meet in:
-//! - `commands` (bounded mpsc): publishes and bindings, in call order, to the command loop;
+//! - the `outbox` (bounded, drops the oldest): publishes, in call order, to the connection task;
+//! - `control` (mpsc): namespace bindings, to the connection task;
 //! - `inbox` (bounded deque): work waiting for the host, taken whole by `drain`;
 //! - the room indexes (one mutex per namespace), `peers` and `requests` (mutexes).
 //!
@@ -14,14 +15,13 @@
 //! recipient is answered directly, heartbeats and late replies are handled here.
 
 use crate::membership::Peers;
+use crate::outbox::Outbox;
 use crate::requests::{Reply, Requests};
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
-use crate::transport::{namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY};
+use crate::transport::{namespace_key, server_key, CLUSTER_KEY};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
-use futures_lite::StreamExt;
-use lapin::options::BasicAckOptions;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,7 +33,8 @@ use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub url: String,
+    /// Broker URLs, tried in turn (a RabbitMQ cluster); the last one that worked first.
+    pub urls: Vec<String>,
     pub exchange: String,
     pub queue_prefix: String,
     pub instance_name: String,
@@ -46,6 +47,9 @@ pub struct NodeConfig {
     pub max_pending_deliveries: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// First delay before reconnecting; it doubles per failed attempt up to `reconnect_delay_max`.
+    pub reconnect_delay: Duration,
+    pub reconnect_delay_max: Duration,
 }
 
 /// One namespace served by this node.
@@ -109,11 +113,17 @@ pub enum Drained {
     },
     /// Something the user should hear about (the adapter's `error` event).
     Error(String),
+    /// The broker connection was lost; publishes are buffered while reconnecting.
+    Disconnected(String),
+    /// Connected again after `attempts` tries; bindings restored, buffered publishes sent.
+    Reconnected { attempts: u32 },
+    /// The outage buffer was full: this many of the oldest publishes were dropped.
+    Dropped { count: u64 },
 }
 
 /// Inbox items: like [`Drained`], but targets are resolved to slots only when the host takes them,
 /// so they match the index as it is then.
-enum Inbound {
+pub(crate) enum Inbound {
     Targeted {
         nsp: Arc<Namespace>,
         target: Target,
@@ -123,7 +133,7 @@ enum Inbound {
     Ready(Drained),
 }
 
-enum TargetedWork {
+pub(crate) enum TargetedWork {
     Broadcast {
         flags: WriteFlags,
         packet: Vec<PacketPart>,
@@ -137,11 +147,8 @@ enum TargetedWork {
     },
 }
 
-enum Command {
-    Publish {
-        key: String,
-        envelope: Envelope,
-    },
+/// Binding changes for the connection task (publishes go through the [`Outbox`]).
+pub(crate) enum Control {
     Bind {
         nsp: String,
         done: oneshot::Sender<Result<(), String>>,
@@ -163,26 +170,32 @@ pub struct Stats {
     pub delivered: AtomicU64,
     pub host_wakeups: AtomicU64,
     pub malformed: AtomicU64,
+    pub reconnects: AtomicU64,
 }
 
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 pub struct Node {
-    uid: String,
-    queue: String,
-    config: NodeConfig,
+    pub(crate) uid: String,
+    pub(crate) queue: String,
+    pub(crate) config: NodeConfig,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
-    /// Namespaces whose binding the broker confirmed: what heartbeats announce.
-    bound: Mutex<BTreeSet<String>>,
-    peers: Mutex<Peers>,
+    /// Namespaces the host asked to serve: bound again by every new session.
+    pub(crate) wanted: Mutex<BTreeSet<String>>,
+    /// Namespaces bound in the current session: what heartbeats announce.
+    pub(crate) bound: Mutex<BTreeSet<String>>,
+    pub(crate) peers: Mutex<Peers>,
     requests: Mutex<Requests>,
-    commands: mpsc::Sender<Command>,
-    pending_commands: Mutex<Option<mpsc::Receiver<Command>>>,
+    pub(crate) outbox: Outbox,
+    control: mpsc::UnboundedSender<Control>,
+    pending_control: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
+    last_drop_report: Mutex<Option<Instant>>,
+    unreported_drops: AtomicU64,
     inbox: Mutex<VecDeque<Inbound>>,
     inbox_space: Notify,
     waker: Mutex<Option<Waker>>,
     wake_pending: AtomicBool,
-    closing: watch::Sender<bool>,
+    pub(crate) closing: watch::Sender<bool>,
     runtime: OnceLock<Handle>,
     task: Mutex<Option<JoinHandle<()>>>,
     last_malformed_report: Mutex<Option<Instant>>,
@@ -193,17 +206,22 @@ impl Node {
     pub fn new(config: NodeConfig, waker: Waker) -> Arc<Node> {
         let uid = random_uid();
         let queue = format!("{}.{}.{}", config.queue_prefix, config.instance_name, uid);
-        let (commands, receiver) = mpsc::channel(config.publish_buffer.max(1));
+        let (control, receiver) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(config.publish_buffer);
         Arc::new(Node {
             uid,
             queue,
             config,
             namespaces: RwLock::default(),
+            wanted: Mutex::default(),
             bound: Mutex::default(),
             peers: Mutex::default(),
             requests: Mutex::default(),
-            commands,
-            pending_commands: Mutex::new(Some(receiver)),
+            outbox,
+            control,
+            pending_control: Mutex::new(Some(receiver)),
+            last_drop_report: Mutex::default(),
+            unreported_drops: AtomicU64::new(0),
             inbox: Mutex::default(),
             inbox_space: Notify::new(),
             waker: Mutex::new(Some(waker)),
@@ -226,12 +244,12 @@ impl Node {
 
     /// Starts connecting in the background. Must be called inside a tokio runtime; idempotent.
     pub fn start(self: &Arc<Self>) {
-        let Some(commands) = self.pending_commands.lock().take() else {
+        let Some(control) = self.pending_control.lock().take() else {
             return;
         };
         let runtime = Handle::current();
         let _ = self.runtime.set(runtime.clone());
-        *self.task.lock() = Some(runtime.spawn(self.clone().run(commands)));
+        *self.task.lock() = Some(runtime.spawn(self.clone().run(control)));
     }
 
     /// The namespace's state on this node, created on first use.
@@ -254,13 +272,12 @@ impl Node {
     /// Starts receiving the namespace's messages; resolves once the broker has the binding.
     pub async fn bind_namespace(&self, name: &str) -> Result<(), String> {
         let (done, result) = oneshot::channel();
-        let command = Command::Bind {
+        let command = Control::Bind {
             nsp: name.to_string(),
             done,
         };
-        self.commands
+        self.control
             .send(command)
-            .await
             .map_err(|_| "the adapter is closed".to_string())?;
         result
             .await
@@ -270,7 +287,7 @@ impl Node {
     /// Stops receiving the namespace's messages and forgets its rooms.
     pub fn release_namespace(&self, name: &str) {
         self.namespaces.write().remove(name);
-        let _ = self.commands.try_send(Command::Unbind {
+        let _ = self.control.send(Control::Unbind {
             nsp: name.to_string(),
         });
     }
@@ -285,8 +302,8 @@ impl Node {
         1 + self.peers.lock().serving_count(nsp)
     }
 
-    /// Queues a message for every server of the namespace. Never blocks: with the buffer full the
-    /// message is dropped and counted.
+    /// Queues a message for every server of the namespace. Never blocks: with the outbox full the
+    /// oldest waiting message is dropped, counted and reported.
     pub fn publish(&self, nsp: &str, message: Message) {
         self.send(namespace_key(nsp), nsp, message);
     }
@@ -398,18 +415,28 @@ impl Node {
     }
 
     fn send(&self, key: String, nsp: &str, message: Message) {
-        let envelope = Envelope {
+        if !self.outbox.push(key, self.envelope(nsp, message)) {
+            return;
+        }
+        self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        let unreported = self.unreported_drops.fetch_add(1, Ordering::Relaxed) + 1;
+        // One report a second at most: drops come in floods during outages.
+        let mut last = self.last_drop_report.lock();
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            drop(last);
+            self.unreported_drops
+                .fetch_sub(unreported, Ordering::Relaxed);
+            self.push(Inbound::Ready(Drained::Dropped { count: unreported }));
+        }
+    }
+
+    pub(crate) fn envelope(&self, nsp: &str, message: Message) -> Envelope {
+        Envelope {
             v: PROTOCOL_VERSION,
             uid: self.uid.clone(),
             nsp: nsp.to_string(),
             message,
-        };
-        if self
-            .commands
-            .try_send(Command::Publish { key, envelope })
-            .is_err()
-        {
-            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -433,148 +460,7 @@ impl Node {
         });
     }
 
-    async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<Command>) {
-        let mut closing = self.closing.subscribe();
-        let transport_config = TransportConfig {
-            url: self.config.url.clone(),
-            exchange: self.config.exchange.clone(),
-            queue: self.queue.clone(),
-            connection_name: format!(
-                "socket.io-amqp0-native {} {}",
-                self.config.instance_name, self.uid
-            ),
-            connect_timeout: self.config.connect_timeout,
-            prefetch: self.config.prefetch,
-            initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
-        };
-        let connected = tokio::select! {
-            result = Transport::connect(&transport_config) => result,
-            _ = closed(&mut closing) => Err("the adapter was closed while connecting".into()),
-        };
-        let transport = match connected {
-            Ok((transport, consumer)) => {
-                tokio::spawn(self.clone().consume(consumer));
-                transport
-            }
-            Err(error) => {
-                if !*closing.borrow() {
-                    self.report(error.clone());
-                }
-                // Without a broker every later command fails with the same reason.
-                loop {
-                    tokio::select! {
-                        Some(command) = commands.recv() => self.refuse(command, &error),
-                        _ = closed(&mut closing) => break,
-                    }
-                }
-                return;
-            }
-        };
-        self.announce(&transport, |namespaces| Message::Hello { namespaces })
-            .await;
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-        heartbeat.reset();
-        let mut sweep = tokio::time::interval(sweep_period(self.config.heartbeat_timeout));
-        loop {
-            tokio::select! {
-                biased;
-                Some(command) = commands.recv() => self.execute(&transport, command).await,
-                _ = heartbeat.tick() => {
-                    self.announce(&transport, |namespaces| Message::Heartbeat { namespaces }).await;
-                }
-                _ = sweep.tick() => self.forget_silent_peers(),
-                _ = closed(&mut closing) => break,
-            }
-        }
-        // Whatever was emitted before close() still goes out, then the others stop counting us.
-        while let Ok(command) = commands.try_recv() {
-            self.execute(&transport, command).await;
-        }
-        self.publish_now(&transport, CLUSTER_KEY, "", Message::Goodbye)
-            .await;
-        transport.close().await;
-    }
-
-    async fn execute(&self, transport: &Transport, command: Command) {
-        match command {
-            Command::Publish { key, envelope } => {
-                let body = wire::encode(&envelope);
-                match transport.publish(&key, &body).await {
-                    Ok(()) => self.stats.published.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-            Command::Bind { nsp, done } => {
-                let result = transport.bind(&namespace_key(&nsp)).await;
-                if result.is_ok() && self.bound.lock().insert(nsp) {
-                    self.announce(transport, |namespaces| Message::Heartbeat { namespaces })
-                        .await;
-                }
-                let _ = done.send(result);
-            }
-            Command::Unbind { nsp } => {
-                if let Err(error) = transport.unbind(&namespace_key(&nsp)).await {
-                    self.report(error);
-                }
-                if self.bound.lock().remove(&nsp) {
-                    self.announce(transport, |namespaces| Message::Heartbeat { namespaces })
-                        .await;
-                }
-            }
-        }
-    }
-
-    /// Tells every server which namespaces this one serves.
-    async fn announce(&self, transport: &Transport, make: impl FnOnce(Vec<String>) -> Message) {
-        let namespaces = self.bound.lock().iter().cloned().collect();
-        self.publish_now(transport, CLUSTER_KEY, "", make(namespaces))
-            .await;
-    }
-
-    async fn publish_now(&self, transport: &Transport, key: &str, nsp: &str, message: Message) {
-        let envelope = Envelope {
-            v: PROTOCOL_VERSION,
-            uid: self.uid.clone(),
-            nsp: nsp.to_string(),
-            message,
-        };
-        let counter = match transport.publish(key, &wire::encode(&envelope)).await {
-            Ok(()) => &self.stats.published,
-            Err(_) => &self.stats.publish_dropped,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn refuse(&self, command: Command, reason: &str) {
-        match command {
-            Command::Publish { .. } => {
-                self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Command::Bind { done, .. } => {
-                let _ = done.send(Err(reason.to_string()));
-            }
-            Command::Unbind { .. } => {}
-        }
-    }
-
-    async fn consume(self: Arc<Self>, mut consumer: lapin::Consumer) {
-        while let Some(delivery) = consumer.next().await {
-            match delivery {
-                Ok(delivery) => {
-                    self.on_message(&delivery.data).await;
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                }
-                Err(error) => {
-                    if !*self.closing.borrow() {
-                        self.report(format!("the broker connection failed: {error}"));
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    async fn on_message(&self, body: &[u8]) {
+    pub(crate) async fn on_message(&self, body: &[u8]) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let envelope = match wire::decode(body) {
             Ok(envelope) => envelope,
@@ -772,7 +658,7 @@ impl Node {
         }
     }
 
-    fn forget_silent_peers(&self) {
+    pub(crate) fn forget_silent_peers(&self) {
         let dead = self
             .peers
             .lock()
@@ -783,7 +669,7 @@ impl Node {
     }
 
     /// A server left (goodbye or silence): requests that only waited on it are done.
-    fn forget_server(&self, uid: &str) {
+    pub(crate) fn forget_server(&self, uid: &str) {
         let complete = self.requests.lock().forget_server(uid);
         for request_id in complete {
             self.push(Inbound::Ready(Drained::RequestDone {
@@ -835,11 +721,11 @@ impl Node {
         }
     }
 
-    fn report(&self, message: String) {
+    pub(crate) fn report(&self, message: String) {
         self.push(Inbound::Ready(Drained::Error(message)));
     }
 
-    fn push(&self, item: Inbound) {
+    pub(crate) fn push(&self, item: Inbound) {
         self.inbox.lock().push_back(item);
         if !self.wake_pending.swap(true, Ordering::SeqCst) {
             self.stats.host_wakeups.fetch_add(1, Ordering::Relaxed);
@@ -848,16 +734,6 @@ impl Node {
             }
         }
     }
-}
-
-/// How often silent peers are looked for: often enough to notice a death soon after the timeout.
-fn sweep_period(heartbeat_timeout: Duration) -> Duration {
-    (heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-}
-
-/// Resolves once `close()` has been called.
-async fn closed(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|closing| *closing).await;
 }
 
 /// 64 random bits as hex: the node's identity on the bus (and part of its queue name).

@@ -4,7 +4,9 @@
 //! and testable without Node; `bindings` is the only napi-aware module.
 
 pub mod cluster;
+mod connection;
 pub mod membership;
+mod outbox;
 pub mod requests;
 pub mod room_index;
 pub mod transport;

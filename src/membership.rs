@@ -50,6 +50,11 @@ impl Peers {
         self.peers.remove(uid).is_some()
     }
 
+    /// Forgets every peer (the connection is gone: none can be reached); returns their uids.
+    pub fn clear(&mut self) -> Vec<String> {
+        self.peers.drain().map(|(uid, _)| uid).collect()
+    }
+
     /// Forgets peers silent for longer than `timeout`; returns their uids.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<String> {
         let dead: Vec<String> = self

@@ -1,0 +1,355 @@
+//! The node's connection lifecycle: connect (trying each broker URL in turn), run a session, and when
+//! the connection is lost, keep publishes in the outbox and reconnect with capped exponential
+//! backoff until `close()`. Every session re-declares the queue and binds the cluster key, the node's own key and
+//! every namespace the host wants, then says hello, so traffic resumes by itself.
+
+use crate::cluster::{Control, Drained, Inbound, Node};
+use crate::transport::{namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY};
+use crate::wire::{self, Envelope, Message};
+use futures_lite::StreamExt;
+use lapin::options::BasicAckOptions;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Delay before reconnect attempt `failures` (1-based): doubling from `initial`, capped at `max`,
+/// with up to 20% taken off at random so servers that lost the broker together do not return in
+/// lockstep.
+pub(crate) fn backoff(
+    failures: u32,
+    initial: Duration,
+    max: Duration,
+    jitter_seed: u64,
+) -> Duration {
+    let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let capped = doubled.min(max);
+    let jitter = (jitter_seed % 1000) as u32; // per mille
+    capped.saturating_sub(capped * jitter / 5000)
+}
+
+enum SessionEnd {
+    Closed,
+    Lost(String),
+}
+
+impl Node {
+    pub(crate) async fn run(self: Arc<Self>, mut control: mpsc::UnboundedReceiver<Control>) {
+        let mut closing = self.closing.subscribe();
+        let mut failures: u32 = 0;
+        let mut ever_connected = false;
+        let mut preferred_url = 0;
+        let mut last_error: String;
+        loop {
+            let attempt = self.connect_any(&mut preferred_url);
+            let connected = tokio::select! {
+                result = attempt => result,
+                _ = closed(&mut closing) => break,
+            };
+            match connected {
+                Ok((transport, consumer)) => {
+                    if ever_connected {
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        self.push(Inbound::Ready(Drained::Reconnected {
+                            attempts: failures + 1,
+                        }));
+                    }
+                    ever_connected = true;
+                    failures = 0;
+                    let end = self
+                        .session(&transport, consumer, &mut control, &mut closing)
+                        .await;
+                    match end {
+                        SessionEnd::Closed => {
+                            // Whatever was emitted before close() still goes out, then the others
+                            // stop counting this server.
+                            let _ = self.flush(&transport).await;
+                            let goodbye = self.envelope("", Message::Goodbye);
+                            let _ = self
+                                .publish_counted(&transport, CLUSTER_KEY, &goodbye)
+                                .await;
+                            transport.close().await;
+                            refuse_all(&mut control, "the adapter is closed");
+                            return;
+                        }
+                        SessionEnd::Lost(reason) => {
+                            transport.close().await;
+                            last_error = reason.clone();
+                            self.on_connection_lost(reason);
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    last_error = error.clone();
+                    self.report(error);
+                }
+            }
+            let delay = backoff(
+                failures.max(1),
+                self.config.reconnect_delay,
+                self.config.reconnect_delay_max,
+                jitter_seed(),
+            );
+            if !self
+                .serve_offline(delay, &last_error, &mut control, &mut closing)
+                .await
+            {
+                break;
+            }
+        }
+        // Closed while offline: what waited can no longer be sent.
+        let mut unsent = 0;
+        while self.outbox.pop().is_some() {
+            unsent += 1;
+        }
+        self.stats
+            .publish_dropped
+            .fetch_add(unsent, Ordering::Relaxed);
+        refuse_all(&mut control, "the adapter is closed");
+    }
+
+    /// Tries each URL once, starting with the last one that worked.
+    async fn connect_any(
+        &self,
+        preferred: &mut usize,
+    ) -> Result<(Transport, lapin::Consumer), String> {
+        let urls = &self.config.urls;
+        let mut errors = Vec::new();
+        for offset in 0..urls.len() {
+            let index = (*preferred + offset) % urls.len();
+            let config = TransportConfig {
+                url: urls[index].clone(),
+                exchange: self.config.exchange.clone(),
+                queue: self.queue.clone(),
+                connection_name: format!(
+                    "socket.io-amqp0-native {} {}",
+                    self.config.instance_name, self.uid
+                ),
+                connect_timeout: self.config.connect_timeout,
+                prefetch: self.config.prefetch,
+                initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
+            };
+            match Transport::connect(&config).await {
+                Ok(connected) => {
+                    *preferred = index;
+                    return Ok(connected);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// One connected session: binds what the host wants, says hello, sends what waited during the
+    /// outage, then serves publishes, bindings, heartbeats and the peer sweep until closed or lost.
+    async fn session(
+        self: &Arc<Self>,
+        transport: &Transport,
+        consumer: lapin::Consumer,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        closing: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let (lost_tx, mut lost) = oneshot::channel();
+        tokio::spawn(self.clone().consume(consumer, lost_tx));
+
+        let wanted: Vec<String> = self.wanted.lock().iter().cloned().collect();
+        for nsp in wanted {
+            if let Err(error) = transport.bind(&namespace_key(&nsp)).await {
+                return SessionEnd::Lost(error);
+            }
+            self.bound.lock().insert(nsp);
+        }
+        if let Err(error) = self.announce(transport, true).await {
+            return SessionEnd::Lost(error);
+        }
+
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.reset();
+        let mut sweep = tokio::time::interval(sweep_period(self.config.heartbeat_timeout));
+        loop {
+            if let Err(error) = self.flush(transport).await {
+                return SessionEnd::Lost(error);
+            }
+            let result = tokio::select! {
+                biased;
+                reason = &mut lost => return SessionEnd::Lost(reason.unwrap_or_default()),
+                Some(command) = control.recv() => self.execute(transport, command).await,
+                _ = self.outbox.wait() => Ok(()),
+                _ = heartbeat.tick() => self.announce(transport, false).await,
+                _ = sweep.tick() => {
+                    self.forget_silent_peers();
+                    Ok(())
+                }
+                _ = closed(closing) => return SessionEnd::Closed,
+            };
+            if let Err(error) = result {
+                return SessionEnd::Lost(error);
+            }
+        }
+    }
+
+    /// Sends everything in the outbox, in order. A publish that fails goes back to the front.
+    async fn flush(&self, transport: &Transport) -> Result<(), String> {
+        while let Some((key, envelope)) = self.outbox.pop() {
+            if let Err(error) = self.publish_counted(transport, &key, &envelope).await {
+                self.outbox.push_front(key, envelope);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    async fn execute(&self, transport: &Transport, command: Control) -> Result<(), String> {
+        match command {
+            Control::Bind { nsp, done } => {
+                self.wanted.lock().insert(nsp.clone());
+                let result = transport.bind(&namespace_key(&nsp)).await;
+                let failed = result.clone().err();
+                let newly_bound = result.is_ok() && self.bound.lock().insert(nsp);
+                let _ = done.send(result);
+                if let Some(error) = failed {
+                    return Err(error);
+                }
+                if newly_bound {
+                    self.announce(transport, false).await?;
+                }
+            }
+            Control::Unbind { nsp } => {
+                self.wanted.lock().remove(&nsp);
+                transport.unbind(&namespace_key(&nsp)).await?;
+                if self.bound.lock().remove(&nsp) {
+                    self.announce(transport, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits `delay` without a broker. Publishes stay in the outbox; binds are remembered for the
+    /// next session and refused now, so `init()` does not hang. False when closed.
+    async fn serve_offline(
+        &self,
+        delay: Duration,
+        last_error: &str,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        closing: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let wait = tokio::time::sleep(delay);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => return true,
+                _ = closed(closing) => return false,
+                Some(command) = control.recv() => match command {
+                    Control::Bind { nsp, done } => {
+                        self.wanted.lock().insert(nsp);
+                        let _ = done.send(Err(format!(
+                            "{last_error} (not connected; the namespace will be bound when the connection is back)"
+                        )));
+                    }
+                    Control::Unbind { nsp } => {
+                        self.wanted.lock().remove(&nsp);
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_connection_lost(&self, reason: String) {
+        self.bound.lock().clear();
+        // Unreachable servers cannot answer: stop counting them and stop waiting for them.
+        // Their heartbeats re-register them after the reconnect.
+        let peers = self.peers.lock().clear();
+        for uid in peers {
+            self.forget_server(&uid);
+        }
+        self.push(Inbound::Ready(Drained::Disconnected(reason)));
+    }
+
+    /// Tells every server which namespaces this one serves (`hello` asks them to answer).
+    async fn announce(&self, transport: &Transport, hello: bool) -> Result<(), String> {
+        let namespaces = self.bound.lock().iter().cloned().collect();
+        let message = if hello {
+            Message::Hello { namespaces }
+        } else {
+            Message::Heartbeat { namespaces }
+        };
+        let envelope = self.envelope("", message);
+        self.publish_counted(transport, CLUSTER_KEY, &envelope)
+            .await
+    }
+
+    async fn publish_counted(
+        &self,
+        transport: &Transport,
+        key: &str,
+        envelope: &Envelope,
+    ) -> Result<(), String> {
+        transport.publish(key, &wire::encode(envelope)).await?;
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        mut consumer: lapin::Consumer,
+        lost: oneshot::Sender<String>,
+    ) {
+        let reason = loop {
+            match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    self.on_message(&delivery.data).await;
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Some(Err(error)) => break format!("the broker connection failed: {error}"),
+                None => break "the broker cancelled this server's consumer".to_string(),
+            }
+        };
+        let _ = lost.send(reason);
+    }
+}
+
+/// Answers every waiting bind with `reason` (the node is closed).
+fn refuse_all(control: &mut mpsc::UnboundedReceiver<Control>, reason: &str) {
+    control.close();
+    while let Ok(command) = control.try_recv() {
+        if let Control::Bind { done, .. } = command {
+            let _ = done.send(Err(reason.to_string()));
+        }
+    }
+}
+
+/// How often silent peers are looked for: often enough to notice a death soon after the timeout.
+fn sweep_period(heartbeat_timeout: Duration) -> Duration {
+    (heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
+
+/// Resolves once `close()` has been called.
+pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+fn jitter_seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    RandomState::new().hash_one(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        assert_eq!(backoff(1, initial, max, 0), Duration::from_millis(100));
+        assert_eq!(backoff(2, initial, max, 0), Duration::from_millis(200));
+        assert_eq!(backoff(4, initial, max, 0), Duration::from_millis(800));
+        assert_eq!(backoff(10, initial, max, 0), max);
+        assert_eq!(backoff(1000, initial, max, 0), max);
+        let jittered = backoff(3, initial, max, 999);
+        assert!(jittered <= Duration::from_millis(400) && jittered >= Duration::from_millis(320));
+    }
+}
