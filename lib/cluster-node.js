@@ -31,6 +31,7 @@ class ClusterNode {
             heartbeatTimeoutMs: options.heartbeatTimeout,
             reconnectDelayMs: options.reconnectDelay,
             reconnectDelayMaxMs: options.reconnectDelayMax,
+            tlsCa: options.tls?.ca === undefined ? undefined : String(options.tls.ca),
           },
           () => this._onWake(),
         );

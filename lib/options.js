@@ -31,7 +31,7 @@ const COUNT_OPTIONS = {
   reconnectDelay: [1, 3600000],
   reconnectDelayMax: [1, 3600000],
 };
-const KNOWN = new Set(['amqpUrl', ...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
+const KNOWN = new Set(['amqpUrl', 'tls', ...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
 // AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
 // instance name and a 16-character uid.
 const MAX_NAME_BYTES = 255;
@@ -100,6 +100,13 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
     }
   }
 
+  if (options.tls !== undefined) {
+    const { tls } = options;
+    if (!isPlainObject(tls) || Object.keys(tls).some((key) => key !== 'ca')) fail('tls must be an object { ca }');
+    if (tls.ca !== undefined && typeof tls.ca !== 'string' && !Buffer.isBuffer(tls.ca)) {
+      fail('tls.ca must be a PEM string or Buffer');
+    }
+  }
   const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options, amqpUrls: urls };
   delete resolved.amqpUrl;
   if (resolved.reconnectDelayMax < resolved.reconnectDelay) fail('reconnectDelayMax must be at least reconnectDelay');

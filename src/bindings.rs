@@ -26,6 +26,7 @@ pub struct NodeOptions {
     pub heartbeat_timeout_ms: u32,
     pub reconnect_delay_ms: u32,
     pub reconnect_delay_max_ms: u32,
+    pub tls_ca: Option<String>,
 }
 
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
@@ -108,7 +109,7 @@ pub struct NativeNode {
 #[napi]
 impl NativeNode {
     /// `wake` is called (with no arguments) when `drain()` has something; at most once per batch.
-    #[napi(constructor)]
+    #[napi(constructor, catch_unwind)]
     pub fn new(
         options: NodeOptions,
         wake: ThreadsafeFunction<(), (), (), Status, false>,
@@ -127,6 +128,7 @@ impl NativeNode {
             heartbeat_timeout: ms(options.heartbeat_timeout_ms.max(1)),
             reconnect_delay: ms(options.reconnect_delay_ms.max(1)),
             reconnect_delay_max: ms(options.reconnect_delay_max_ms.max(1)),
+            tls_ca: options.tls_ca,
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -137,17 +139,17 @@ impl NativeNode {
         Ok(NativeNode { node })
     }
 
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn uid(&self) -> String {
         self.node.uid().to_string()
     }
 
-    #[napi(getter)]
+    #[napi(getter, catch_unwind)]
     pub fn queue_name(&self) -> String {
         self.node.queue_name().to_string()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn namespace(&self, name: String) -> NativeNamespace {
         NativeNamespace {
             node: Some(self.node.clone()),
@@ -155,7 +157,7 @@ impl NativeNode {
         }
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn bind_namespace(&self, name: String) -> Result<()> {
         self.node
             .bind_namespace(&name)
@@ -163,22 +165,34 @@ impl NativeNode {
             .map_err(Error::from_reason)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn release_namespace(&self, name: String) {
         self.node.release_namespace(&name);
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub async fn close(&self) {
         self.node.close().await;
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn drain(&self) -> Vec<DrainedItem> {
         self.node.drain().into_iter().map(to_js_item).collect()
     }
 
-    #[napi]
+    /// Test failpoint: panics inside this call (it must surface as a JS exception).
+    #[napi(js_name = "__panicForTest", catch_unwind)]
+    pub fn panic_for_test(&self) {
+        panic!("panic injected by a test");
+    }
+
+    /// Test failpoint: the consumer panics while handling the next message.
+    #[napi(js_name = "__panicOnNextMessageForTest", catch_unwind)]
+    pub fn panic_on_next_message_for_test(&self) {
+        self.node.inject_panic_on_next_message();
+    }
+
+    #[napi(catch_unwind)]
     pub fn stats(&self) -> NodeStats {
         let s = &self.node.stats;
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
@@ -386,7 +400,7 @@ impl NativeNamespace {
 #[napi]
 impl NativeNamespace {
     /// A room index with no broker behind it (the adapter of a server whose URL was unusable).
-    #[napi(factory)]
+    #[napi(factory, catch_unwind)]
     pub fn standalone() -> Self {
         NativeNamespace {
             node: None,
@@ -398,13 +412,13 @@ impl NativeNamespace {
     }
 
     /// The local sockets a target matches (Socket.IO's `apply`), as slots.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn recipients(&self, rooms: Vec<String>, except: Vec<String>) -> Uint32Array {
         Uint32Array::new(self.index().recipients(&Target { rooms, except }))
     }
 
     /// Returns `[slot, change(room0), change(room1), ...]` (ROOM_CREATED=1 | SOCKET_JOINED=2).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn add_all(&self, id: String, rooms: Vec<String>) -> Uint32Array {
         let outcome = self.index().add_all(&id, &rooms);
         let mut out = Vec::with_capacity(rooms.len() + 1);
@@ -414,12 +428,12 @@ impl NativeNamespace {
     }
 
     /// SOCKET_LEFT=1 | ROOM_DELETED=2.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn del(&self, id: String, room: String) -> u32 {
         self.index().del(&id, &room).into()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn del_all(&self, id: String) -> Option<SocketRemoval> {
         let (slot, departures) = self.index().del_all(&id)?;
         let (rooms, deleted) = departures
@@ -433,51 +447,51 @@ impl NativeNamespace {
         })
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn socket_rooms(&self, id: String) -> Option<Vec<String>> {
         let index = self.index();
         let rooms = index.socket_rooms(&id)?;
         Some(rooms.iter().map(|r| r.to_string()).collect())
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn room_members(&self, room: String) -> Option<Vec<String>> {
         let members = self.index().room_members(&room)?;
         Some(members.iter().map(|s| s.to_string()).collect())
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn room_names(&self) -> Vec<String> {
         self.index().room_names().map(|r| r.to_string()).collect()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn socket_ids(&self) -> Vec<String> {
         self.index().socket_ids().map(|s| s.to_string()).collect()
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn room_count(&self) -> u32 {
         self.index().room_count() as u32
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn socket_count(&self) -> u32 {
         self.index().socket_count() as u32
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn has_room(&self, room: String) -> bool {
         self.index().has_room(&room)
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn has_socket(&self, id: String) -> bool {
         self.index().has_socket(&id)
     }
 
     /// Servers serving this namespace, this one included.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn server_count(&self) -> u32 {
         self.node
             .as_ref()
@@ -486,7 +500,7 @@ impl NativeNamespace {
 
     /// Publishes the packet to the other servers (unless `local_only`) and returns the slots of the
     /// local sockets it targets.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn broadcast(
         &self,
         packet: Vec<JsPart>,
@@ -511,7 +525,7 @@ impl NativeNamespace {
 
     /// Publishes a broadcast whose client counts and acks come back to this server until
     /// `timeout_ms`; returns the request id the replies carry (0 without a broker).
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn broadcast_with_ack(
         &self,
         packet: Vec<JsPart>,
@@ -535,7 +549,7 @@ impl NativeNamespace {
         })
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn sockets_join(&self, rooms: Vec<String>, except: Vec<String>, join: Vec<String>) {
         let target = Target { rooms, except };
         self.publish(Message::SocketsJoin {
@@ -544,7 +558,7 @@ impl NativeNamespace {
         });
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn sockets_leave(&self, rooms: Vec<String>, except: Vec<String>, leave: Vec<String>) {
         let target = Target { rooms, except };
         self.publish(Message::SocketsLeave {
@@ -553,13 +567,13 @@ impl NativeNamespace {
         });
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn disconnect_sockets(&self, rooms: Vec<String>, except: Vec<String>, close: bool) {
         let target = Target { rooms, except };
         self.publish(Message::DisconnectSockets { target, close });
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn fetch_sockets(
         &self,
         rooms: Vec<String>,
@@ -573,7 +587,7 @@ impl NativeNamespace {
     }
 
     /// Without `with_ack` the emit is fire-and-forget and the handle is empty.
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn server_side_emit(
         &self,
         args: Vec<JsPart>,
@@ -597,7 +611,7 @@ impl NativeNamespace {
         })
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn reply_fetch(&self, to: String, request_id: u32, sockets: Vec<JsPart>) {
         let sockets = from_js_parts(sockets);
         self.reply(
@@ -609,18 +623,18 @@ impl NativeNamespace {
         );
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn reply_server_side_emit(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
         let reply = from_js_parts(reply);
         self.reply(&to, Message::ServerSideEmitResponse { request_id, reply });
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn reply_client_count(&self, to: String, request_id: u32, count: u32) {
         self.reply(&to, Message::BroadcastClientCount { request_id, count });
     }
 
-    #[napi]
+    #[napi(catch_unwind)]
     pub fn reply_ack(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
         let reply = from_js_parts(reply);
         self.reply(&to, Message::BroadcastAck { request_id, reply });

@@ -14,6 +14,7 @@
 //! it: a broadcast with no local recipient is dropped, a fetch or ack broadcast with no local
 //! recipient is answered directly, heartbeats and late replies are handled here.
 
+use crate::connection::panic_text;
 use crate::membership::Peers;
 use crate::outbox::Outbox;
 use crate::requests::{Reply, Requests};
@@ -22,8 +23,10 @@ use crate::transport::{namespace_key, server_key, CLUSTER_KEY};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
+use futures_lite::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -50,6 +53,8 @@ pub struct NodeConfig {
     /// First delay before reconnecting; it doubles per failed attempt up to `reconnect_delay_max`.
     pub reconnect_delay: Duration,
     pub reconnect_delay_max: Duration,
+    /// Extra CA certificates (PEM) to trust for `amqps://` URLs.
+    pub tls_ca: Option<String>,
 }
 
 /// One namespace served by this node.
@@ -199,6 +204,8 @@ pub struct Node {
     runtime: OnceLock<Handle>,
     task: Mutex<Option<JoinHandle<()>>>,
     last_malformed_report: Mutex<Option<Instant>>,
+    /// A failpoint for the tests that prove a panic costs one message, not the process.
+    panic_on_next_message: AtomicBool,
     pub stats: Stats,
 }
 
@@ -230,6 +237,7 @@ impl Node {
             runtime: OnceLock::new(),
             task: Mutex::default(),
             last_malformed_report: Mutex::default(),
+            panic_on_next_message: AtomicBool::new(false),
             stats: Stats::default(),
         })
     }
@@ -249,7 +257,20 @@ impl Node {
         };
         let runtime = Handle::current();
         let _ = self.runtime.set(runtime.clone());
-        *self.task.lock() = Some(runtime.spawn(self.clone().run(control)));
+        let node = self.clone();
+        let task = async move {
+            let outcome = AssertUnwindSafe(node.clone().run(control))
+                .catch_unwind()
+                .await;
+            if let Err(panic) = outcome {
+                node.report(format!(
+                    "internal error: the broker connection task stopped ({}); this server now \
+                     serves only its own clients",
+                    panic_text(&panic)
+                ));
+            }
+        };
+        *self.task.lock() = Some(runtime.spawn(task));
     }
 
     /// The namespace's state on this node, created on first use.
@@ -290,6 +311,11 @@ impl Node {
         let _ = self.control.send(Control::Unbind {
             nsp: name.to_string(),
         });
+    }
+
+    /// Makes the consumer panic while handling the next message (a test failpoint).
+    pub fn inject_panic_on_next_message(&self) {
+        self.panic_on_next_message.store(true, Ordering::Relaxed);
     }
 
     /// Requests still waiting for replies or their timeout.
@@ -462,6 +488,9 @@ impl Node {
 
     pub(crate) async fn on_message(&self, body: &[u8]) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if self.panic_on_next_message.swap(false, Ordering::Relaxed) {
+            panic!("panic injected by a test");
+        }
         let envelope = match wire::decode(body) {
             Ok(envelope) => envelope,
             Err(error) => return self.on_malformed(error),

@@ -6,8 +6,9 @@
 use crate::cluster::{Control, Drained, Inbound, Node};
 use crate::transport::{namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY};
 use crate::wire::{self, Envelope, Message};
-use futures_lite::StreamExt;
+use futures_lite::{FutureExt, StreamExt};
 use lapin::options::BasicAckOptions;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,6 +130,7 @@ impl Node {
                 connect_timeout: self.config.connect_timeout,
                 prefetch: self.config.prefetch,
                 initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
+                tls_ca: self.config.tls_ca.clone(),
             };
             match Transport::connect(&config).await {
                 Ok(connected) => {
@@ -299,7 +301,16 @@ impl Node {
         let reason = loop {
             match consumer.next().await {
                 Some(Ok(delivery)) => {
-                    self.on_message(&delivery.data).await;
+                    // A bug in handling one message must cost that message only, not the consumer.
+                    let handled = AssertUnwindSafe(self.on_message(&delivery.data))
+                        .catch_unwind()
+                        .await;
+                    if let Err(panic) = handled {
+                        self.report(format!(
+                            "internal error while handling a message (dropped): {}",
+                            panic_text(&panic)
+                        ));
+                    }
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
                 Some(Err(error)) => break format!("the broker connection failed: {error}"),
@@ -308,6 +319,15 @@ impl Node {
         };
         let _ = lost.send(reason);
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Answers every waiting bind with `reason` (the node is closed).

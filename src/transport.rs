@@ -11,6 +11,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct TransportConfig {
     pub prefetch: u16,
     /// Routing keys bound before consuming starts (the cluster key, the server's own key).
     pub initial_bindings: Vec<String>,
+    /// Extra CA certificates (PEM) to trust for `amqps://`, besides the system's.
+    pub tls_ca: Option<String>,
 }
 
 pub struct Transport {
@@ -66,7 +69,12 @@ impl Transport {
     async fn connect_inner(config: &TransportConfig) -> Result<(Transport, Consumer), String> {
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into());
-        let connection = Connection::connect(&config.url, properties)
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: config.tls_ca.clone(),
+        };
+        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+        let connection = Connection::connect_with_config(&config.url, properties, tls, runtime)
             .await
             .map_err(|e| {
                 format!(

@@ -1,0 +1,75 @@
+'use strict';
+// Panics in Rust and a saturated event loop: neither crashes the process, loses other traffic, or
+// lets memory grow without bound.
+const { describe, it } = require('node:test');
+const assert = require('node:assert/strict');
+const { execFileSync } = require('child_process');
+const { startCluster, waitFor, eventually, forkServer } = require('./helpers');
+
+describe('resilience', () => {
+  it('a panic inside a native call becomes a JS exception and the adapter keeps working', async () => {
+    const cluster = await startCluster(2);
+    try {
+      const native = cluster.ios[0].of('/').adapter._cluster.native;
+      assert.throws(() => native.__panicForTest(), /panic injected by a test/);
+      const client = await cluster.client(1);
+      const [got] = await Promise.all([waitFor(client, 'still', 'a broadcast after the panic'), cluster.ios[0].emit('still', 'alive')]);
+      assert.deepEqual(got, ['alive']);
+    } finally {
+      await cluster.close();
+    }
+  });
+
+  it('a panic while handling one message costs that message only', async () => {
+    const cluster = await startCluster(2);
+    try {
+      const adapter = cluster.ios[1].of('/').adapter;
+      const errors = [];
+      adapter.on('error', (err) => errors.push(err));
+      const client = await cluster.client(1);
+      const seen = [];
+      client.on('n', (n) => seen.push(n));
+      adapter._cluster.native.__panicOnNextMessageForTest();
+      cluster.ios[0].emit('n', 1); // dropped by the injected panic
+      cluster.ios[0].emit('n', 2);
+      await eventually(() => seen.includes(2), 'the message after the panic to arrive');
+      assert.deepEqual(seen, [2]);
+      assert.ok(errors.some((err) => /internal error while handling a message \(dropped\): panic injected/.test(err.message)));
+    } finally {
+      await cluster.close();
+    }
+  });
+
+  it('a blocked event loop leaves the backlog in the broker, then every message arrives', async () => {
+    const prefetch = 32;
+    const cluster = await startCluster(1);
+    const slow = await forkServer(cluster.exchangeName, { prefetch, maxPendingDeliveries: 16 });
+    const { io: connect } = require('socket.io-client');
+    const client = connect(`http://127.0.0.1:${slow.port}`, { transports: ['websocket'], reconnection: false, forceNew: true });
+    try {
+      await waitFor(client, 'connect', 'a client of the slow server');
+      let received = 0;
+      client.on('load', () => received++);
+      await eventually(async () => (await cluster.ios[0].of('/').adapter.serverCount()) === 2, 'the slow server counted');
+      const total = 3000;
+      slow.child.send({ block: 4000 });
+      for (let i = 0; i < total; i++) cluster.ios[0].emit('load', i);
+      // While its event loop is blocked, the slow server holds at most its bounded hand-off plus
+      // the prefetch window; the rest waits in its queue on the broker.
+      const depth = await eventually(() => {
+        const line = execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], { encoding: 'utf8' })
+          .split('\n')
+          .find((l) => l.includes(slow.uid));
+        const [, ready, unacked] = line.split('\t').map(Number);
+        return ready > 0 ? { ready, unacked } : null;
+      }, 'a backlog to build up on the broker', 3500);
+      assert.ok(depth.unacked <= prefetch, `unacknowledged ${depth.unacked} stays within the prefetch ${prefetch}`);
+      await eventually(() => received === total, `all ${total} messages to arrive after the event loop unblocks`, 20000);
+      assert.equal(received, total);
+    } finally {
+      client.disconnect();
+      slow.child.kill('SIGKILL');
+      await cluster.close();
+    }
+  });
+});
