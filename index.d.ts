@@ -3,8 +3,11 @@ import { Adapter, type Room, type SocketId } from 'socket.io-adapter';
 
 /** Options of {@link createAdapter}. Every field is optional except the URL. */
 export interface AmqpAdapterOptions {
-  /** Broker URL, `amqp://user:pass@host:5672/vhost` or `amqps://...`. Required in the object form. */
-  amqpUrl?: string;
+  /**
+   * Broker URL, `amqp://user:pass@host:5672/vhost?heartbeat=10&connection_name=...` or `amqps://...`;
+   * several URLs (the nodes of a RabbitMQ cluster) are tried in turn. Required in the object form.
+   */
+  amqpUrl?: string | string[];
   /** Exchange shared by the cluster (a non-durable `direct` exchange). Default `'socket.io'`. */
   exchangeName?: string;
   /** First part of each server's queue name, `<queuePrefix>.<instanceName>.<uid>`. Default `'socket.io'`. */
@@ -29,13 +32,23 @@ export interface AmqpAdapterOptions {
   heartbeatInterval?: number;
   /** Silence after which another server counts as gone, in ms; must exceed heartbeatInterval. Default 10000. */
   heartbeatTimeout?: number;
+  /** First delay before reconnecting, in ms; it doubles per failed attempt. Default 500. */
+  reconnectDelay?: number;
+  /** Cap of the reconnect delay, in ms. Default 30000. */
+  reconnectDelayMax?: number;
+  /** TLS settings for `amqps://` URLs. */
+  tls?: {
+    /** CA certificate(s), PEM, trusted in addition to the system's (e.g. a self-signed CA). */
+    ca?: string | Buffer;
+  };
 }
 
 /** Counters of one server's broker session (shared by its namespaces), since it started. */
 export interface AdapterStats {
   /** Messages sent to the exchange. */
   published: number;
-  /** Messages that could not be sent (buffer full, broker unusable). */
+  /** Messages that were not sent: the oldest ones dropped from a full publish buffer, or still
+   *  waiting when the adapter closed without a broker. */
   publishDropped: number;
   /** Messages taken from this server's queue. */
   received: number;
@@ -51,6 +64,10 @@ export interface AdapterStats {
   hostWakeups: number;
   /** Received messages that could not be decoded or spoke another protocol version. */
   malformed: number;
+  /** Times the connection was re-established after it was lost. */
+  reconnects: number;
+  /** Publishes waiting to go out, e.g. during an outage (a gauge). */
+  buffered: number;
   /** Requests of this server still waiting for replies or their timeout (a gauge). */
   pendingRequests: number;
 }
@@ -58,9 +75,17 @@ export interface AdapterStats {
 /**
  * The adapter Socket.IO creates per namespace; an `Adapter` of socket.io-adapter. `rooms` and `sids`
  * are live Maps over the Rust index: reads work as on the in-memory adapter (each Set is a
- * snapshot), writes throw. Events: `error` (Error: broker unreachable, login refused, connection
- * lost, undecodable messages; with no listener a warning is logged instead), `create-room`,
- * `join-room`, `leave-room`, `delete-room` (as the in-memory adapter).
+ * snapshot), writes throw.
+ *
+ * Events (emitted on every namespace's adapter of the server; with no listener on any, a warning
+ * is logged instead):
+ * - `error` (Error): broker unreachable, login refused, failed reconnect attempts, undecodable
+ *   messages, internal errors;
+ * - `disconnect` (Error): the broker connection was lost; publishes are buffered meanwhile;
+ * - `reconnect` (attempts): connected again, bindings restored, buffered publishes sent;
+ * - `dropped` (count): the publish buffer was full and this many of the oldest were dropped
+ *   (always logged too);
+ * - `create-room`, `join-room`, `leave-room`, `delete-room`, as the in-memory adapter.
  */
 export declare class AmqpAdapter extends Adapter {
   /** This server's id on the bus; `null` when the URL was unusable. */
@@ -71,7 +96,9 @@ export declare class AmqpAdapter extends Adapter {
   close(): Promise<void>;
   /** Counters of this server's broker session; `null` when the URL was unusable. */
   stats(): AdapterStats | null;
-  on(event: 'error', listener: (error: Error) => void): this;
+  on(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
+  on(event: 'reconnect', listener: (attempts: number) => void): this;
+  on(event: 'dropped', listener: (count: number) => void): this;
   on(event: 'create-room' | 'delete-room', listener: (room: Room) => void): this;
   on(event: 'join-room' | 'leave-room', listener: (room: Room, id: SocketId) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;
@@ -85,5 +112,8 @@ export type AmqpAdapterFactory = (nsp: Namespace) => AmqpAdapter;
  * options, or `amqpConnection` (pass a URL instead). Broker problems are reported asynchronously:
  * an `error` event on the adapter and a rejected `init()`.
  */
-export declare function createAdapter(url: string, options?: Omit<AmqpAdapterOptions, 'amqpUrl'>): AmqpAdapterFactory;
-export declare function createAdapter(options: AmqpAdapterOptions & { amqpUrl: string }): AmqpAdapterFactory;
+export declare function createAdapter(
+  url: string | string[],
+  options?: Omit<AmqpAdapterOptions, 'amqpUrl'>,
+): AmqpAdapterFactory;
+export declare function createAdapter(options: AmqpAdapterOptions & { amqpUrl: string | string[] }): AmqpAdapterFactory;

@@ -66,3 +66,21 @@ describe('cluster option errors', () => {
     assert.throws(() => createAdapter(AMQP_URL, { requestsTimeout: 0 }), /requestsTimeout must be an integer/);
   });
 });
+
+describe('resilience option errors', () => {
+  const { createAdapter } = require('..');
+  it('an empty URL list, a bad tls option and an inverted reconnect window are refused', () => {
+    assert.throws(() => createAdapter([]), /amqpUrl must be a non-empty string or a non-empty array/);
+    assert.throws(() => createAdapter(AMQP_URL, { tls: { ca: 5 } }), /tls.ca must be a PEM string or Buffer/);
+    assert.throws(() => createAdapter(AMQP_URL, { tls: { cert: 'x' } }), /tls must be an object \{ ca \}/);
+    assert.throws(
+      () => createAdapter(AMQP_URL, { reconnectDelay: 1000, reconnectDelayMax: 10 }),
+      /reconnectDelayMax must be at least reconnectDelay/,
+    );
+  });
+
+  it('a list of URLs is accepted in both call forms', () => {
+    assert.equal(typeof createAdapter([AMQP_URL, AMQP_URL]), 'function');
+    assert.equal(typeof createAdapter({ amqpUrl: [AMQP_URL] }), 'function');
+  });
+});

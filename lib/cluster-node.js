@@ -32,6 +32,7 @@ class ClusterNode {
             reconnectDelayMs: options.reconnectDelay,
             reconnectDelayMaxMs: options.reconnectDelayMax,
             tlsCa: options.tls?.ca === undefined ? undefined : String(options.tls.ca),
+            connectionName: connectionNameOf(options.amqpUrls),
           },
           () => this._onWake(),
         );
@@ -164,6 +165,15 @@ class ClusterNode {
         this.adapters.get(item.nsp)?._onRemote(item);
     }
   }
+}
+
+// The `connection_name` URL parameter (the AMQP client ignores it, so the adapter applies it).
+function connectionNameOf(urls) {
+  for (const url of urls) {
+    const name = new URL(url).searchParams.get('connection_name');
+    if (name) return name;
+  }
+  return undefined;
 }
 
 module.exports = { ClusterNode };

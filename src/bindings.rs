@@ -27,6 +27,7 @@ pub struct NodeOptions {
     pub reconnect_delay_ms: u32,
     pub reconnect_delay_max_ms: u32,
     pub tls_ca: Option<String>,
+    pub connection_name: Option<String>,
 }
 
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
@@ -129,6 +130,7 @@ impl NativeNode {
             reconnect_delay: ms(options.reconnect_delay_ms.max(1)),
             reconnect_delay_max: ms(options.reconnect_delay_max_ms.max(1)),
             tls_ca: options.tls_ca,
+            connection_name: options.connection_name,
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub reconnect_delay_max: Duration,
     /// Extra CA certificates (PEM) to trust for `amqps://` URLs.
     pub tls_ca: Option<String>,
+    /// The connection name shown by the broker, when the user chose one.
+    pub connection_name: Option<String>,
 }
 
 /// One namespace served by this node.

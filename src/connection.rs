@@ -123,10 +123,7 @@ impl Node {
                 url: urls[index].clone(),
                 exchange: self.config.exchange.clone(),
                 queue: self.queue.clone(),
-                connection_name: format!(
-                    "socket.io-amqp0-native {} {}",
-                    self.config.instance_name, self.uid
-                ),
+                connection_name: self.connection_name(),
                 connect_timeout: self.config.connect_timeout,
                 prefetch: self.config.prefetch,
                 initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
@@ -141,6 +138,17 @@ impl Node {
             }
         }
         Err(errors.join("; "))
+    }
+
+    /// The name the broker shows for this server's connection: the URL's `connection_name`
+    /// parameter when given, else one that names the instance and the uid.
+    fn connection_name(&self) -> String {
+        self.config.connection_name.clone().unwrap_or_else(|| {
+            format!(
+                "socket.io-amqp0-native {} {}",
+                self.config.instance_name, self.uid
+            )
+        })
     }
 
     /// One connected session: binds what the host wants, says hello, sends what waited during the
