@@ -4,7 +4,7 @@
 //! and incoming messages into work for the host (the JS adapter) — only when the host is needed.
 //!
 //! Threads: the host calls the synchronous methods on its own thread (the JS thread); the
-//! connection task (command loop, heartbeats) and the consumer loop run on tokio. They meet in:
+//! connection task (see `connection.rs`) and the consumer loop run on tokio. They meet in:
 //! - the `outbox` (bounded, drops the oldest): publishes, in call order, to the connection task;
 //! - `control` (mpsc): namespace bindings, to the connection task;
 //! - `inbox` (bounded deque): work waiting for the host, taken whole by `drain`;
