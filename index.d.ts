@@ -117,3 +117,80 @@ export declare function createAdapter(
   options?: Omit<AmqpAdapterOptions, 'amqpUrl'>,
 ): AmqpAdapterFactory;
 export declare function createAdapter(options: AmqpAdapterOptions & { amqpUrl: string | string[] }): AmqpAdapterFactory;
+
+/** Options of {@link Emitter}: the adapter's broker and naming options that apply to a publisher. */
+export interface EmitterOptions {
+  amqpUrl?: string | string[];
+  /** The adapters' exchange. Default `'socket.io'`. */
+  exchangeName?: string;
+  /** Accepted so one options object can serve the adapter and the emitter; unused (no queue). */
+  queuePrefix?: string;
+  /** Accepted so one options object can serve the adapter and the emitter; unused. */
+  instanceName?: string;
+  connectTimeout?: number;
+  reconnectDelay?: number;
+  reconnectDelayMax?: number;
+  /** Publishes that may wait to go out; when full the oldest is dropped, counted and reported. */
+  publishBufferSize?: number;
+  tls?: { ca?: string | Buffer };
+  /** The servers' Socket.IO parser (e.g. `require('socket.io-msgpack-parser')`). Default socket.io-parser. */
+  parser?: { Encoder: new () => { encode(packet: unknown): Array<string | Buffer | Uint8Array> } };
+}
+
+/** Counters of an emitter. */
+export interface EmitterStats {
+  published: number;
+  dropped: number;
+  /** Publishes waiting to go out (a gauge). */
+  buffered: number;
+}
+
+/** An immutable selection of target sockets (`emitter.to(room).except(other)...`). */
+export interface EmitterBroadcastOperator {
+  to(room: string | string[]): EmitterBroadcastOperator;
+  in(room: string | string[]): EmitterBroadcastOperator;
+  except(room: string | string[]): EmitterBroadcastOperator;
+  readonly volatile: EmitterBroadcastOperator;
+  compress(compress: boolean): EmitterBroadcastOperator;
+  /** Emits to the selected sockets of every server. Throws for acknowledgements and reserved events. */
+  emit(event: string, ...args: any[]): true;
+  socketsJoin(rooms: string | string[]): void;
+  socketsLeave(rooms: string | string[]): void;
+  disconnectSockets(close?: boolean): void;
+  /** Reaches every server of the namespace (no acknowledgement). */
+  serverSideEmit(event: string, ...args: any[]): void;
+}
+
+/**
+ * Sends to a Socket.IO cluster from a process that is not a Socket.IO server, through the adapters'
+ * exchange. `new Emitter(url, options?)` or `new Emitter({ amqpUrl, ...options })`; a malformed URL
+ * or option throws a TypeError. Listen with `on('error' | 'disconnect', (err) => ...)`,
+ * `on('reconnect', (attempts) => ...)`, `on('dropped', (count) => ...)`; with no listener they are
+ * logged. `emit` is Socket.IO's broadcast, not EventEmitter's.
+ */
+export declare class Emitter {
+  constructor(url: string | string[], options?: Omit<EmitterOptions, 'amqpUrl'>);
+  constructor(options: EmitterOptions & { amqpUrl: string | string[] });
+  /** Resolves once connected; rejects with the first connection error (it keeps retrying). */
+  ready(): Promise<void>;
+  /** Sends what is buffered, then releases the connection. */
+  close(): Promise<void>;
+  stats(): EmitterStats;
+  on(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
+  on(event: 'reconnect', listener: (attempts: number) => void): this;
+  on(event: 'dropped', listener: (count: number) => void): this;
+  once(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
+  once(event: 'reconnect' | 'dropped', listener: (n: number) => void): this;
+  off(event: string, listener: (...args: any[]) => void): this;
+  of(nsp: string): EmitterBroadcastOperator;
+  to(room: string | string[]): EmitterBroadcastOperator;
+  in(room: string | string[]): EmitterBroadcastOperator;
+  except(room: string | string[]): EmitterBroadcastOperator;
+  readonly volatile: EmitterBroadcastOperator;
+  compress(compress: boolean): EmitterBroadcastOperator;
+  emit(event: string, ...args: any[]): true;
+  socketsJoin(rooms: string | string[]): void;
+  socketsLeave(rooms: string | string[]): void;
+  disconnectSockets(close?: boolean): void;
+  serverSideEmit(event: string, ...args: any[]): void;
+}

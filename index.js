@@ -2,6 +2,7 @@
 const { normalizeOptions } = require('./lib/options');
 const { ClusterNode } = require('./lib/cluster-node');
 const { AmqpAdapter } = require('./lib/adapter');
+const { Emitter } = require('./lib/emitter');
 
 /**
  * Creates the adapter factory for `io.adapter(...)`:
@@ -25,4 +26,4 @@ function createAdapter(urlOrOptions, maybeOptions) {
   return AmqpAdapterFactory;
 }
 
-module.exports = { createAdapter, AmqpAdapter };
+module.exports = { createAdapter, AmqpAdapter, Emitter };

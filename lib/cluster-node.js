@@ -2,7 +2,7 @@
 // One broker session per Socket.IO server, shared by the adapters of all its namespaces: wraps the
 // native node, routes drained work to the right adapter or pending request, and reports errors.
 const native = require('./native');
-const { urlProblem } = require('./options');
+const { urlProblem, brokerSettings } = require('./options');
 
 const LOG_PREFIX = '[socket.io-amqp0-native]';
 
@@ -19,20 +19,13 @@ class ClusterNode {
       ? null
       : new native.NativeNode(
           {
-            urls: options.amqpUrls,
-            exchangeName: options.exchangeName,
+            ...brokerSettings(options),
             queuePrefix: options.queuePrefix,
             instanceName: options.instanceName,
-            connectTimeoutMs: options.connectTimeout,
             prefetch: options.prefetch,
-            publishBuffer: options.publishBufferSize,
             maxPendingDeliveries: options.maxPendingDeliveries,
             heartbeatIntervalMs: options.heartbeatInterval,
             heartbeatTimeoutMs: options.heartbeatTimeout,
-            reconnectDelayMs: options.reconnectDelay,
-            reconnectDelayMaxMs: options.reconnectDelayMax,
-            tlsCa: options.tls?.ca === undefined ? undefined : String(options.tls.ca),
-            connectionName: connectionNameOf(options.amqpUrls),
           },
           () => this._onWake(),
         );
@@ -165,15 +158,6 @@ class ClusterNode {
         this.adapters.get(item.nsp)?._onRemote(item);
     }
   }
-}
-
-// The `connection_name` URL parameter (the AMQP client ignores it, so the adapter applies it).
-function connectionNameOf(urls) {
-  for (const url of urls) {
-    const name = new URL(url).searchParams.get('connection_name');
-    if (name) return name;
-  }
-  return undefined;
 }
 
 module.exports = { ClusterNode };

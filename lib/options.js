@@ -1,7 +1,8 @@
 'use strict';
-// Validates createAdapter()'s arguments and fills in defaults. Wrong types and unknown options throw
-// a TypeError at once; a URL that is a string but unusable is reported later, like an unreachable
-// broker (error event + rejected init()), so every broker problem surfaces the same way.
+// Validates the arguments of createAdapter() and new Emitter() and fills in defaults. Wrong types
+// and unknown options throw a TypeError at once; a URL that is a string but unusable is reported
+// later, like an unreachable broker (error event + rejected init()/ready()), so every broker problem
+// surfaces the same way.
 const os = require('os');
 
 const DEFAULTS = Object.freeze({
@@ -18,9 +19,8 @@ const DEFAULTS = Object.freeze({
   reconnectDelayMax: 30000,
 });
 
-const STRING_OPTIONS = ['exchangeName', 'queuePrefix', 'instanceName'];
-const FUNCTION_OPTIONS = ['readyCallback', 'shutdownCallbackCallback'];
-const COUNT_OPTIONS = {
+const STRINGS = ['exchangeName', 'queuePrefix', 'instanceName'];
+const COUNTS = {
   connectTimeout: [1, 600000],
   prefetch: [1, 65535],
   publishBufferSize: [1, 10000000],
@@ -31,7 +31,28 @@ const COUNT_OPTIONS = {
   reconnectDelay: [1, 3600000],
   reconnectDelayMax: [1, 3600000],
 };
-const KNOWN = new Set(['amqpUrl', 'tls', ...STRING_OPTIONS, ...FUNCTION_OPTIONS, ...Object.keys(COUNT_OPTIONS)]);
+const COMMON = ['amqpUrl', 'tls', 'exchangeName', 'queuePrefix', 'instanceName', 'connectTimeout', 'publishBufferSize', 'reconnectDelay', 'reconnectDelayMax'];
+
+/** What each entry point accepts, and how its errors name the call. */
+const KINDS = {
+  adapter: {
+    call: 'createAdapter',
+    known: new Set([
+      ...COMMON,
+      'readyCallback',
+      'shutdownCallbackCallback',
+      'prefetch',
+      'maxPendingDeliveries',
+      'requestsTimeout',
+      'heartbeatInterval',
+      'heartbeatTimeout',
+    ]),
+  },
+  // queuePrefix and instanceName are accepted so one options object can serve the adapter and the
+  // emitter; the emitter has no queue, so they change nothing there.
+  emitter: { call: 'new Emitter', known: new Set([...COMMON, 'parser']) },
+};
+
 // AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
 // instance name and a 16-character uid.
 const MAX_NAME_BYTES = 255;
@@ -44,30 +65,27 @@ function isPlainObject(value) {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
 }
 
-function normalizeOptions(urlOrOptions, maybeOptions) {
+function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
+  const { call, known } = KINDS[kind];
   let options;
   if (typeof urlOrOptions === 'string' || Array.isArray(urlOrOptions)) {
-    if (maybeOptions !== undefined && !isPlainObject(maybeOptions)) {
-      fail('createAdapter(url, options): options must be an object');
-    }
-    if (maybeOptions && 'amqpUrl' in maybeOptions) {
-      fail('createAdapter(url, options): give the URL once, not also as options.amqpUrl');
-    }
+    if (maybeOptions !== undefined && !isPlainObject(maybeOptions)) fail(`${call}(url, options): options must be an object`);
+    if (maybeOptions && 'amqpUrl' in maybeOptions) fail(`${call}(url, options): give the URL once, not also as options.amqpUrl`);
     options = { ...maybeOptions, amqpUrl: urlOrOptions };
   } else if (isPlainObject(urlOrOptions)) {
-    if (maybeOptions !== undefined) fail('createAdapter(options) takes one argument');
+    if (maybeOptions !== undefined) fail(`${call}(options) takes one argument`);
     options = { ...urlOrOptions };
   } else {
     fail(
-      "createAdapter() needs a broker URL: createAdapter('amqp://localhost', options?) or " +
-        "createAdapter({ amqpUrl: 'amqp://localhost', ...options }); for a RabbitMQ cluster, an array of URLs",
+      `${call}() needs a broker URL: ${call}('amqp://localhost', options?) or ` +
+        `${call}({ amqpUrl: 'amqp://localhost', ...options }); for a RabbitMQ cluster, an array of URLs`,
     );
   }
 
   if ('amqpConnection' in options) {
     fail(
       'the amqpConnection option of socket.io-amqp0 is not supported: this adapter opens its own ' +
-        "connection from a URL. Pass it instead: createAdapter({ amqpUrl: 'amqp://user:pass@host:5672/vhost', ... })",
+        `connection from a URL. Pass it instead: ${call}({ amqpUrl: 'amqp://user:pass@host:5672/vhost', ... })`,
     );
   }
   if ('sidRoomRouting' in options) {
@@ -77,36 +95,35 @@ function normalizeOptions(urlOrOptions, maybeOptions) {
     );
   }
   for (const key of Object.keys(options)) {
-    if (!KNOWN.has(key)) fail(`unknown option "${key}" (known: ${[...KNOWN].join(', ')})`);
+    if (!known.has(key)) fail(`unknown option "${key}" (known: ${[...known].join(', ')})`);
   }
   if (options.amqpUrl === undefined) fail('the amqpUrl option is required');
   const urls = Array.isArray(options.amqpUrl) ? options.amqpUrl : [options.amqpUrl];
   if (urls.length === 0 || !urls.every((url) => typeof url === 'string' && url.length > 0)) {
     fail('amqpUrl must be a non-empty string or a non-empty array of them');
   }
-  for (const key of STRING_OPTIONS) {
+  for (const key of STRINGS) {
     const value = options[key];
-    if (value === undefined) continue;
-    if (typeof value !== 'string' || value.length === 0) fail(`${key} must be a non-empty string`);
+    if (value !== undefined && (typeof value !== 'string' || value.length === 0)) fail(`${key} must be a non-empty string`);
   }
-  for (const key of FUNCTION_OPTIONS) {
+  for (const key of ['readyCallback', 'shutdownCallbackCallback']) {
     if (options[key] !== undefined && typeof options[key] !== 'function') fail(`${key} must be a function`);
   }
-  for (const [key, [min, max]] of Object.entries(COUNT_OPTIONS)) {
+  for (const [key, [min, max]] of Object.entries(COUNTS)) {
     const value = options[key];
-    if (value === undefined) continue;
-    if (!Number.isInteger(value) || value < min || value > max) {
+    if (value !== undefined && (!Number.isInteger(value) || value < min || value > max)) {
       fail(`${key} must be an integer from ${min} to ${max}`);
     }
   }
-
   if (options.tls !== undefined) {
     const { tls } = options;
     if (!isPlainObject(tls) || Object.keys(tls).some((key) => key !== 'ca')) fail('tls must be an object { ca }');
-    if (tls.ca !== undefined && typeof tls.ca !== 'string' && !Buffer.isBuffer(tls.ca)) {
-      fail('tls.ca must be a PEM string or Buffer');
-    }
+    if (tls.ca !== undefined && typeof tls.ca !== 'string' && !Buffer.isBuffer(tls.ca)) fail('tls.ca must be a PEM string or Buffer');
   }
+  if (options.parser !== undefined && typeof options.parser?.Encoder !== 'function') {
+    fail('parser must be a Socket.IO parser (an object with an Encoder class), e.g. require("socket.io-msgpack-parser")');
+  }
+
   const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options, amqpUrls: urls };
   delete resolved.amqpUrl;
   if (resolved.reconnectDelayMax < resolved.reconnectDelay) fail('reconnectDelayMax must be at least reconnectDelay');
@@ -141,4 +158,27 @@ function redact(parsed) {
   return copy.href;
 }
 
-module.exports = { normalizeOptions, urlProblem, DEFAULTS };
+// The `connection_name` URL parameter (the AMQP client ignores it, so we apply it).
+function connectionNameOf(urls) {
+  for (const url of urls) {
+    const name = new URL(url).searchParams.get('connection_name');
+    if (name) return name;
+  }
+  return undefined;
+}
+
+/** The broker settings the native adapter node and the native emitter share. */
+function brokerSettings(options) {
+  return {
+    urls: options.amqpUrls,
+    exchangeName: options.exchangeName,
+    connectTimeoutMs: options.connectTimeout,
+    reconnectDelayMs: options.reconnectDelay,
+    reconnectDelayMaxMs: options.reconnectDelayMax,
+    publishBuffer: options.publishBufferSize,
+    tlsCa: options.tls?.ca === undefined ? undefined : String(options.tls.ca),
+    connectionName: connectionNameOf(options.amqpUrls),
+  };
+}
+
+module.exports = { normalizeOptions, urlProblem, brokerSettings, DEFAULTS };

@@ -768,7 +768,7 @@ impl Node {
 }
 
 /// 64 random bits as hex: the node's identity on the bus (and part of its queue name).
-fn random_uid() -> String {
+pub(crate) fn random_uid() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
     use std::time::SystemTime;

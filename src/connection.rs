@@ -4,7 +4,9 @@
 //! every namespace the host wants, then says hello, so traffic resumes by itself.
 
 use crate::cluster::{Control, Drained, Inbound, Node};
-use crate::transport::{namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY};
+use crate::transport::{
+    connect_any, namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
+};
 use crate::wire::{self, Envelope, Message};
 use futures_lite::{FutureExt, StreamExt};
 use lapin::options::BasicAckOptions;
@@ -43,9 +45,17 @@ impl Node {
         let mut last_error: String;
         loop {
             let attempt = self.connect_any(&mut preferred_url);
+            tokio::pin!(attempt);
             let connected = tokio::select! {
-                result = attempt => result,
-                _ = closed(&mut closing) => break,
+                result = &mut attempt => result,
+                _ = closed(&mut closing) => {
+                    if self.outbox.len() == 0 {
+                        break;
+                    }
+                    // Publishes wait: finish this attempt (bounded by the connect timeout) so
+                    // they still go out.
+                    attempt.await
+                }
             };
             match connected {
                 Ok((transport, consumer)) => {
@@ -115,29 +125,21 @@ impl Node {
         &self,
         preferred: &mut usize,
     ) -> Result<(Transport, lapin::Consumer), String> {
-        let urls = &self.config.urls;
-        let mut errors = Vec::new();
-        for offset in 0..urls.len() {
-            let index = (*preferred + offset) % urls.len();
-            let config = TransportConfig {
-                url: urls[index].clone(),
-                exchange: self.config.exchange.clone(),
-                queue: self.queue.clone(),
-                connection_name: self.connection_name(),
-                connect_timeout: self.config.connect_timeout,
-                prefetch: self.config.prefetch,
-                initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
-                tls_ca: self.config.tls_ca.clone(),
-            };
-            match Transport::connect(&config).await {
-                Ok(connected) => {
-                    *preferred = index;
-                    return Ok(connected);
-                }
-                Err(error) => errors.push(error),
-            }
-        }
-        Err(errors.join("; "))
+        let config_for = |url: &str| TransportConfig {
+            url: url.to_string(),
+            exchange: self.config.exchange.clone(),
+            queue: Some(self.queue.clone()),
+            connection_name: self.connection_name(),
+            connect_timeout: self.config.connect_timeout,
+            prefetch: self.config.prefetch,
+            initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
+            tls_ca: self.config.tls_ca.clone(),
+        };
+        let (transport, consumer) = connect_any(&self.config.urls, preferred, config_for).await?;
+        Ok((
+            transport,
+            consumer.expect("a node's connection consumes its queue"),
+        ))
     }
 
     /// The name the broker shows for this server's connection: the URL's `connection_name`
@@ -358,7 +360,7 @@ pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
 
-fn jitter_seed() -> u64 {
+pub(crate) fn jitter_seed() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;
     RandomState::new().hash_one(Instant::now())

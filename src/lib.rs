@@ -1,15 +1,20 @@
 //! socket.io-amqp0-native: a Socket.IO v4 adapter over RabbitMQ.
 //!
-//! The core (`room_index`, `wire`, `transport`, `cluster`) is plain Rust with no napi types, usable
-//! and testable without Node; `bindings` is the only napi-aware module.
+//! The core (`room_index`, `wire`, `transport`, `cluster`, `emitter`, ...) is plain Rust with no
+//! napi types, usable and testable without Node; `bindings`, built with the default `node` feature,
+//! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses
+//! [`emitter::Emitter`] with `default-features = false`.
 
 pub mod cluster;
 mod connection;
+pub mod emitter;
 pub mod membership;
 mod outbox;
+pub mod packet;
 pub mod requests;
 pub mod room_index;
 pub mod transport;
 pub mod wire;
 
+#[cfg(feature = "node")]
 mod bindings;

@@ -21,7 +21,8 @@ use std::time::Duration;
 pub struct TransportConfig {
     pub url: String,
     pub exchange: String,
-    pub queue: String,
+    /// The queue to declare and consume; `None` for a publish-only connection (the emitter).
+    pub queue: Option<String>,
     /// Shown in the broker's connection list (`rabbitmqctl list_connections name`).
     pub connection_name: String,
     pub connect_timeout: Duration,
@@ -53,8 +54,11 @@ pub fn server_key(uid: &str) -> String {
 pub const CLUSTER_KEY: &str = "cluster";
 
 impl Transport {
-    /// Connects, declares the exchange and the server's queue, and starts consuming it.
-    pub async fn connect(config: &TransportConfig) -> Result<(Transport, Consumer), String> {
+    /// Connects, declares the exchange and (unless publish-only) the server's queue, and starts
+    /// consuming it.
+    pub async fn connect(
+        config: &TransportConfig,
+    ) -> Result<(Transport, Option<Consumer>), String> {
         let timeout = config.connect_timeout;
         match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
             Ok(result) => result,
@@ -66,7 +70,9 @@ impl Transport {
         }
     }
 
-    async fn connect_inner(config: &TransportConfig) -> Result<(Transport, Consumer), String> {
+    async fn connect_inner(
+        config: &TransportConfig,
+    ) -> Result<(Transport, Option<Consumer>), String> {
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into());
         let tls = OwnedTLSConfig {
@@ -104,17 +110,37 @@ impl Transport {
         )
             })?;
 
-        let consumer_channel = connection
+        let consumer = match &config.queue {
+            Some(queue) => Some(Self::consume(&connection, config, queue).await?),
+            None => None,
+        };
+        let transport = Transport {
+            connection,
+            publisher,
+            exchange: config.exchange.clone(),
+            queue: config.queue.clone().unwrap_or_default(),
+        };
+        Ok((transport, consumer))
+    }
+
+    /// Declares the server's queue, binds the initial keys and starts consuming.
+    async fn consume(
+        connection: &Connection,
+        config: &TransportConfig,
+        queue: &str,
+    ) -> Result<Consumer, String> {
+        let step = |what: &'static str| move |e: lapin::Error| format!("{what} failed: {e}");
+        let channel = connection
             .create_channel()
             .await
             .map_err(step("opening a channel"))?;
-        consumer_channel
+        channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await
             .map_err(step("setting the prefetch"))?;
-        consumer_channel
+        channel
             .queue_declare(
-                config.queue.clone().into(),
+                queue.into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -125,9 +151,9 @@ impl Transport {
             .await
             .map_err(step("declaring the server's queue"))?;
         for key in &config.initial_bindings {
-            consumer_channel
+            channel
                 .queue_bind(
-                    config.queue.clone().into(),
+                    queue.into(),
                     config.exchange.clone().into(),
                     key.as_str().into(),
                     QueueBindOptions::default(),
@@ -136,22 +162,15 @@ impl Transport {
                 .await
                 .map_err(|e| format!("binding '{key}' failed: {e}"))?;
         }
-        let consumer = consumer_channel
+        channel
             .basic_consume(
-                config.queue.clone().into(),
+                queue.into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(step("consuming the server's queue"))?;
-        let transport = Transport {
-            connection,
-            publisher,
-            exchange: config.exchange.clone(),
-            queue: config.queue.clone(),
-        };
-        Ok((transport, consumer))
+            .map_err(step("consuming the server's queue"))
     }
 
     pub async fn bind(&self, routing_key: &str) -> Result<(), String> {
@@ -200,6 +219,27 @@ impl Transport {
             .close(200, "socket.io adapter closed".into())
             .await;
     }
+}
+
+/// Tries each URL once, starting with `preferred` (the last one that worked), which it updates.
+/// `config_for` gives the settings for one URL.
+pub async fn connect_any(
+    urls: &[String],
+    preferred: &mut usize,
+    config_for: impl Fn(&str) -> TransportConfig,
+) -> Result<(Transport, Option<Consumer>), String> {
+    let mut errors = Vec::new();
+    for offset in 0..urls.len() {
+        let index = (*preferred + offset) % urls.len();
+        match Transport::connect(&config_for(&urls[index])).await {
+            Ok(connected) => {
+                *preferred = index;
+                return Ok(connected);
+            }
+            Err(error) => errors.push(error),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// The URL without its password, for error messages and logs.

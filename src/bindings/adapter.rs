@@ -1,9 +1,9 @@
-//! The napi-rs surface: thin wrappers that convert between JS values and the plain-Rust core.
-//! Nothing here decides behaviour; see `cluster`, `room_index`, `membership` and `requests`.
+//! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
+use super::{from_js_parts, to_js_parts, JsPart};
 use crate::cluster::{Drained, Namespace, Node, NodeConfig};
 use crate::room_index::RoomIndex;
-use crate::wire::{AckRequest, Message, PacketPart, Target, WriteFlags};
+use crate::wire::{AckRequest, Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -29,9 +29,6 @@ pub struct NodeOptions {
     pub tls_ca: Option<String>,
     pub connection_name: Option<String>,
 }
-
-/// A JS-side encoded packet chunk: the parser's string or a binary attachment.
-type JsPart = Either<String, Buffer>;
 
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
 /// - "broadcast": nsp, slots, packet, volatile, compress; with an ack also from, requestId, timeoutMs
@@ -351,26 +348,6 @@ fn to_js_item(item: Drained) -> DrainedItem {
             ..Default::default()
         },
     }
-}
-
-fn to_js_parts(parts: Vec<PacketPart>) -> Vec<JsPart> {
-    parts
-        .into_iter()
-        .map(|part| match part {
-            PacketPart::Text(text) => Either::A(text),
-            PacketPart::Binary(bytes) => Either::B(bytes.into()),
-        })
-        .collect()
-}
-
-fn from_js_parts(parts: Vec<JsPart>) -> Vec<PacketPart> {
-    parts
-        .into_iter()
-        .map(|part| match part {
-            Either::A(text) => PacketPart::Text(text),
-            Either::B(bytes) => PacketPart::Binary(bytes.to_vec()),
-        })
-        .collect()
 }
 
 /// One namespace's room index on this server, and its cluster operations.

@@ -1,0 +1,174 @@
+//! `NativeEmitter`: the emitter's side of the napi surface (see `crate::emitter`).
+
+use super::{from_js_parts, JsPart};
+use crate::emitter::{Emitter, EmitterConfig, EmitterEvent};
+use crate::wire::{Message, Target, WriteFlags};
+use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi_derive::napi;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[napi(object)]
+pub struct EmitterOptions {
+    pub urls: Vec<String>,
+    pub exchange_name: String,
+    pub connect_timeout_ms: u32,
+    pub reconnect_delay_ms: u32,
+    pub reconnect_delay_max_ms: u32,
+    pub publish_buffer: u32,
+    pub tls_ca: Option<String>,
+    pub connection_name: Option<String>,
+}
+
+#[napi(object)]
+pub struct EmitterStats {
+    pub published: f64,
+    pub dropped: f64,
+    pub buffered: f64,
+}
+
+/// `on_event([kind, detail])` (one array argument): kind is "error", "disconnect", "reconnect"
+/// (detail: attempts) or "dropped" (detail: count).
+type EventCallback = ThreadsafeFunction<(String, String), (), (String, String), Status, false>;
+
+#[napi]
+pub struct NativeEmitter {
+    emitter: Arc<Emitter>,
+}
+
+#[napi]
+impl NativeEmitter {
+    #[napi(constructor, catch_unwind)]
+    pub fn new(options: EmitterOptions, on_event: EventCallback) -> Result<Self> {
+        let ms = |value: u32| Duration::from_millis(value.max(1).into());
+        let config = EmitterConfig {
+            urls: options.urls,
+            exchange: options.exchange_name,
+            connect_timeout: ms(options.connect_timeout_ms),
+            reconnect_delay: ms(options.reconnect_delay_ms),
+            reconnect_delay_max: ms(options.reconnect_delay_max_ms),
+            publish_buffer: options.publish_buffer as usize,
+            tls_ca: options.tls_ca,
+            connection_name: options.connection_name,
+        };
+        let sink = move |event: EmitterEvent| {
+            let (kind, detail) = match event {
+                EmitterEvent::Error(message) => ("error", message),
+                EmitterEvent::Disconnected(message) => ("disconnect", message),
+                EmitterEvent::Reconnected { attempts } => ("reconnect", attempts.to_string()),
+                EmitterEvent::Dropped { count } => ("dropped", count.to_string()),
+            };
+            on_event.call(
+                (kind.to_string(), detail),
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        };
+        let emitter = napi::bindgen_prelude::within_runtime_if_available(move || {
+            Emitter::start(config, sink)
+        });
+        Ok(NativeEmitter { emitter })
+    }
+
+    #[napi(getter, catch_unwind)]
+    pub fn uid(&self) -> String {
+        self.emitter.uid().to_string()
+    }
+
+    #[napi(catch_unwind)]
+    pub async fn ready(&self) -> Result<()> {
+        self.emitter.ready().await.map_err(Error::from_reason)
+    }
+
+    #[napi(catch_unwind)]
+    pub async fn close(&self) {
+        self.emitter.close().await;
+    }
+
+    #[napi(catch_unwind)]
+    pub fn stats(&self) -> EmitterStats {
+        EmitterStats {
+            published: self.emitter.published.load(Ordering::Relaxed) as f64,
+            dropped: self.emitter.dropped.load(Ordering::Relaxed) as f64,
+            buffered: self.emitter.buffered() as f64,
+        }
+    }
+
+    #[napi(catch_unwind)]
+    pub fn broadcast(
+        &self,
+        nsp: String,
+        packet: Vec<JsPart>,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        volatile: bool,
+        compress: Option<bool>,
+    ) {
+        let message = Message::Broadcast {
+            target: Target { rooms, except },
+            flags: WriteFlags { volatile, compress },
+            packet: from_js_parts(packet),
+            ack: None,
+        };
+        self.emitter.publish(&nsp, message);
+    }
+
+    #[napi(catch_unwind)]
+    pub fn sockets_join(
+        &self,
+        nsp: String,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        join: Vec<String>,
+    ) {
+        let target = Target { rooms, except };
+        self.emitter.publish(
+            &nsp,
+            Message::SocketsJoin {
+                target,
+                rooms: join,
+            },
+        );
+    }
+
+    #[napi(catch_unwind)]
+    pub fn sockets_leave(
+        &self,
+        nsp: String,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        leave: Vec<String>,
+    ) {
+        let target = Target { rooms, except };
+        self.emitter.publish(
+            &nsp,
+            Message::SocketsLeave {
+                target,
+                rooms: leave,
+            },
+        );
+    }
+
+    #[napi(catch_unwind)]
+    pub fn disconnect_sockets(
+        &self,
+        nsp: String,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        close: bool,
+    ) {
+        let target = Target { rooms, except };
+        self.emitter
+            .publish(&nsp, Message::DisconnectSockets { target, close });
+    }
+
+    #[napi(catch_unwind)]
+    pub fn server_side_emit(&self, nsp: String, args: Vec<JsPart>) {
+        let message = Message::ServerSideEmit {
+            request_id: None,
+            args: from_js_parts(args),
+        };
+        self.emitter.publish(&nsp, message);
+    }
+}

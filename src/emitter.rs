@@ -1,0 +1,409 @@
+//! The emitter: sends broadcasts, room changes, disconnects and server-side emits to a Socket.IO
+//! cluster from a process that is not a Socket.IO server (a worker, a cron job, a Rust service).
+//! It speaks the adapters' wire format over a publish-only connection: it has no queue, sends no
+//! heartbeats, and so is never counted as a server. Publishes made while it is (re)connecting wait
+//! in a bounded outbox, like the adapter's.
+//!
+//! ```no_run
+//! use socket_io_amqp0_native::emitter::{Emitter, EmitterConfig};
+//! use socket_io_amqp0_native::packet::Arg;
+//! # async fn run() -> Result<(), String> {
+//! let emitter = Emitter::start(EmitterConfig::new("amqp://localhost"), |_event| {});
+//! emitter.ready().await?;
+//! emitter.of("/").to("room-1").emit("news", &[Arg::string("hello"), Arg::json("42")]);
+//! emitter.close().await;
+//! # Ok(()) }
+//! ```
+
+use crate::connection::{backoff, closed, jitter_seed};
+use crate::outbox::Outbox;
+use crate::packet::{self, Arg};
+use crate::transport::{connect_any, namespace_key, Transport, TransportConfig};
+use crate::wire::{self, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct EmitterConfig {
+    /// Broker URLs, tried in turn.
+    pub urls: Vec<String>,
+    /// The adapters' exchange (`exchangeName`, default `socket.io`).
+    pub exchange: String,
+    pub connect_timeout: Duration,
+    pub reconnect_delay: Duration,
+    pub reconnect_delay_max: Duration,
+    /// Publishes that may wait to go out; when full the oldest is dropped and counted.
+    pub publish_buffer: usize,
+    pub tls_ca: Option<String>,
+    pub connection_name: Option<String>,
+}
+
+impl EmitterConfig {
+    /// The adapters' defaults for one broker URL.
+    pub fn new(url: &str) -> Self {
+        EmitterConfig {
+            urls: vec![url.to_string()],
+            exchange: "socket.io".into(),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_delay: Duration::from_millis(500),
+            reconnect_delay_max: Duration::from_secs(30),
+            publish_buffer: 10_000,
+            tls_ca: None,
+            connection_name: None,
+        }
+    }
+}
+
+/// What the emitter reports about its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitterEvent {
+    /// Connecting failed (each attempt is reported).
+    Error(String),
+    Disconnected(String),
+    Reconnected {
+        attempts: u32,
+    },
+    /// The outbox was full; this many of the oldest publishes were dropped.
+    Dropped {
+        count: u64,
+    },
+}
+
+pub type EventSink = Arc<dyn Fn(EmitterEvent) + Send + Sync>;
+
+pub struct Emitter {
+    uid: String,
+    config: EmitterConfig,
+    outbox: Outbox,
+    /// Dropped by `close()`: the sink may hold what keeps a host process alive.
+    on_event: Mutex<Option<EventSink>>,
+    /// `None` until the first connection attempt ends, then its outcome.
+    first_outcome: watch::Sender<Option<Result<(), String>>>,
+    closing: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    last_drop_report: Mutex<Option<Instant>>,
+    unreported_drops: AtomicU64,
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Emitter {
+    /// Starts connecting in the background (call inside a tokio runtime). `on_event` hears about
+    /// connection problems; the emitter keeps retrying until [`close`](Self::close).
+    pub fn start(
+        config: EmitterConfig,
+        on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
+    ) -> Arc<Emitter> {
+        let emitter = Arc::new(Emitter {
+            uid: format!("emitter-{}", crate::cluster::random_uid()),
+            outbox: Outbox::new(config.publish_buffer),
+            config,
+            on_event: Mutex::new(Some(Arc::new(on_event))),
+            first_outcome: watch::channel(None).0,
+            closing: watch::channel(false).0,
+            task: Mutex::default(),
+            last_drop_report: Mutex::default(),
+            unreported_drops: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(emitter.clone().run());
+        *emitter.task.lock() = Some(task);
+        emitter
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Publishes waiting to go out (e.g. while the broker is unreachable).
+    pub fn buffered(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Resolves once the first connection attempt has succeeded, or with its error.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut outcome = self.first_outcome.subscribe();
+        let result = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| "the emitter is closed".to_string())?;
+        result.clone().expect("waited for an outcome")
+    }
+
+    /// Targets namespace `nsp` (every socket of it until narrowed).
+    pub fn of(&self, nsp: &str) -> Broadcast<'_> {
+        Broadcast {
+            emitter: self,
+            nsp: nsp.to_string(),
+            target: Target::default(),
+            flags: WriteFlags::default(),
+        }
+    }
+
+    /// Targets room `room` of the default namespace.
+    pub fn to(&self, room: &str) -> Broadcast<'_> {
+        self.of("/").to(room)
+    }
+
+    /// Sends `parts` (an already encoded packet) as a broadcast; the lowest-level entry point.
+    pub fn publish(&self, nsp: &str, message: Message) {
+        let envelope = Envelope {
+            v: PROTOCOL_VERSION,
+            uid: self.uid.clone(),
+            nsp: nsp.to_string(),
+            message,
+        };
+        if !self.outbox.push(namespace_key(nsp), envelope) {
+            return;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let unreported = self.unreported_drops.fetch_add(1, Ordering::Relaxed) + 1;
+        // One report a second at most: drops come in floods during outages.
+        let mut last = self.last_drop_report.lock();
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            drop(last);
+            self.unreported_drops
+                .fetch_sub(unreported, Ordering::Relaxed);
+            self.report(EmitterEvent::Dropped { count: unreported });
+        }
+    }
+
+    /// Sends what waits, then closes the connection. Idempotent.
+    pub async fn close(&self) {
+        self.closing.send_replace(true);
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.on_event.lock().take();
+    }
+
+    fn report(&self, event: EmitterEvent) {
+        let sink = self.on_event.lock().clone();
+        if let Some(sink) = sink {
+            sink(event);
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut closing = self.closing.subscribe();
+        let mut preferred = 0;
+        let mut failures = 0u32;
+        let mut ever_connected = false;
+        let config_for = |url: &str| TransportConfig {
+            url: url.to_string(),
+            exchange: self.config.exchange.clone(),
+            queue: None,
+            connection_name: self
+                .config
+                .connection_name
+                .clone()
+                .unwrap_or_else(|| format!("socket.io-amqp0-native {}", self.uid)),
+            connect_timeout: self.config.connect_timeout,
+            prefetch: 0,
+            initial_bindings: Vec::new(),
+            tls_ca: self.config.tls_ca.clone(),
+        };
+        loop {
+            let attempt = connect_any(&self.config.urls, &mut preferred, config_for);
+            tokio::pin!(attempt);
+            let connected = tokio::select! {
+                result = &mut attempt => result,
+                _ = closed(&mut closing) => {
+                    if self.outbox.len() == 0 {
+                        break;
+                    }
+                    // Publishes wait: finish this attempt (bounded by the connect timeout) so
+                    // they still go out.
+                    attempt.await
+                }
+            };
+            match connected {
+                Ok((transport, _)) => {
+                    if ever_connected {
+                        self.report(EmitterEvent::Reconnected {
+                            attempts: failures + 1,
+                        });
+                    }
+                    ever_connected = true;
+                    failures = 0;
+                    self.first_outcome.send_if_modified(|outcome| {
+                        let first = outcome.is_none();
+                        if first {
+                            *outcome = Some(Ok(()));
+                        }
+                        first
+                    });
+                    match self.session(&transport, &mut closing).await {
+                        None => {
+                            transport.close().await;
+                            return;
+                        }
+                        Some(reason) => {
+                            transport.close().await;
+                            self.report(EmitterEvent::Disconnected(reason));
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    self.first_outcome.send_if_modified(|outcome| {
+                        let first = outcome.is_none();
+                        if first {
+                            *outcome = Some(Err(error.clone()));
+                        }
+                        first
+                    });
+                    self.report(EmitterEvent::Error(error));
+                }
+            }
+            let delay = backoff(
+                failures.max(1),
+                self.config.reconnect_delay,
+                self.config.reconnect_delay_max,
+                jitter_seed(),
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = closed(&mut closing) => break,
+            }
+        }
+        // Closed without a broker: what waited cannot be sent.
+        while self.outbox.pop().is_some() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.first_outcome.send_if_modified(|outcome| {
+            let first = outcome.is_none();
+            if first {
+                *outcome = Some(Err("the emitter was closed before it connected".into()));
+            }
+            first
+        });
+    }
+
+    /// Sends the outbox until closed (`None`, after a final flush) or the connection fails.
+    async fn session(
+        &self,
+        transport: &Transport,
+        closing: &mut watch::Receiver<bool>,
+    ) -> Option<String> {
+        loop {
+            if let Err(error) = self.flush(transport).await {
+                return Some(error);
+            }
+            tokio::select! {
+                _ = self.outbox.wait() => {}
+                _ = closed(closing) => {
+                    return self.flush(transport).await.err();
+                }
+            }
+        }
+    }
+
+    async fn flush(&self, transport: &Transport) -> Result<(), String> {
+        while let Some((key, envelope)) = self.outbox.pop() {
+            if let Err(error) = transport.publish(&key, &wire::encode(&envelope)).await {
+                self.outbox.push_front(key, envelope);
+                return Err(error);
+            }
+            self.published.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// A set of target sockets in one namespace, narrowed like Socket.IO's `io.to(...).except(...)`.
+pub struct Broadcast<'a> {
+    emitter: &'a Emitter,
+    nsp: String,
+    target: Target,
+    flags: WriteFlags,
+}
+
+impl Broadcast<'_> {
+    pub fn to(mut self, room: &str) -> Self {
+        self.target.rooms.push(room.to_string());
+        self
+    }
+
+    pub fn except(mut self, room: &str) -> Self {
+        self.target.except.push(room.to_string());
+        self
+    }
+
+    pub fn volatile(mut self) -> Self {
+        self.flags.volatile = true;
+        self
+    }
+
+    pub fn compress(mut self, compress: bool) -> Self {
+        self.flags.compress = Some(compress);
+        self
+    }
+
+    /// `emit(event, ...args)` to the target sockets, encoded as socket.io-parser does (servers
+    /// with a custom parser need a sender that uses it: `emit_parts`).
+    pub fn emit(self, event: &str, args: &[Arg]) {
+        let packet = packet::event(&self.nsp, event, args);
+        self.emit_parts(packet);
+    }
+
+    /// Sends an already encoded packet (one text or binary part per engine message).
+    pub fn emit_parts(self, packet: Vec<PacketPart>) {
+        let message = Message::Broadcast {
+            target: self.target,
+            flags: self.flags,
+            packet,
+            ack: None,
+        };
+        self.emitter.publish(&self.nsp, message);
+    }
+
+    pub fn sockets_join(self, rooms: &[&str]) {
+        let rooms = rooms.iter().map(|r| r.to_string()).collect();
+        let message = Message::SocketsJoin {
+            target: self.target,
+            rooms,
+        };
+        self.emitter.publish(&self.nsp, message);
+    }
+
+    pub fn sockets_leave(self, rooms: &[&str]) {
+        let rooms = rooms.iter().map(|r| r.to_string()).collect();
+        let message = Message::SocketsLeave {
+            target: self.target,
+            rooms,
+        };
+        self.emitter.publish(&self.nsp, message);
+    }
+
+    pub fn disconnect_sockets(self, close: bool) {
+        let message = Message::DisconnectSockets {
+            target: self.target,
+            close,
+        };
+        self.emitter.publish(&self.nsp, message);
+    }
+
+    /// `serverSideEmit(event, ...args)` to every server of the namespace (no acknowledgement).
+    pub fn server_side_emit(self, event: &str, args: &[Arg]) {
+        let mut values = vec![Arg::string(event)];
+        values.extend_from_slice(args);
+        self.server_side_emit_parts(packet::value_array(&values));
+    }
+
+    /// Sends already encoded server-side emit arguments (see `lib/payload.js`).
+    pub fn server_side_emit_parts(self, args: Vec<PacketPart>) {
+        let message = Message::ServerSideEmit {
+            request_id: None,
+            args,
+        };
+        self.emitter.publish(&self.nsp, message);
+    }
+}
