@@ -1,82 +1,87 @@
 'use strict';
-// `npm run demo`: three Socket.IO servers in three processes share one RabbitMQ exchange. A client
-// on each server joins a room; broadcasts made on one server reach the clients of the others.
-// Set AMQP_URL to use another broker (default amqp://guest:guest@127.0.0.1:5672).
+// `npm run demo`: three Socket.IO servers in three processes share one RabbitMQ exchange, each
+// serving the chat page. Two bots (on different servers) greet each other at start, so the log
+// shows messages crossing servers even without a browser. Ctrl-C stops everything cleanly.
+//
+// AMQP_URL    broker (default amqp://guest:guest@127.0.0.1:5672)
+// DEMO_PORTS  the three ports, comma-separated (default 3001,3002,3003; 0 picks free ones)
 const path = require('path');
-const { fork } = require('child_process');
 const crypto = require('crypto');
+const { fork } = require('child_process');
 const { io: connect } = require('socket.io-client');
 
 const NAMES = ['server-a', 'server-b', 'server-c'];
-const ROOMS = ['lobby', 'lobby', 'kitchen'];
-const exchange = `socket.io-demo-${crypto.randomBytes(3).toString('hex')}`;
-const TIMEOUT_MS = 15000;
+const ports = (process.env.DEMO_PORTS || '3001,3002,3003').split(',').map(Number);
+const exchange = process.env.DEMO_EXCHANGE || `socket.io-demo-${crypto.randomBytes(3).toString('hex')}`;
+const STARTUP_MS = 20000;
+const STOP_MS = 5000;
 
 const servers = [];
-
-function fail(message) {
-  console.error(`demo failed: ${message}`);
-  for (const child of servers) child.kill();
-  process.exit(1);
-}
-const watchdog = setTimeout(() => fail(`did not finish within ${TIMEOUT_MS} ms`), TIMEOUT_MS);
+const bots = [];
+let stopping = false;
 
 function once(emitter, event) {
   return new Promise((resolve) => emitter.once(event, resolve));
 }
 
-async function main() {
-  console.log(`RabbitMQ: ${process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672'} (exchange ${exchange})`);
-  for (const name of NAMES) {
-    const env = { ...process.env, DEMO_SERVER_NAME: name, DEMO_EXCHANGE: exchange };
-    servers.push(fork(path.join(__dirname, 'server.js'), [], { env }));
-  }
-  const ports = await Promise.all(
-    servers.map(async (child, i) => {
+async function start() {
+  console.log(`RabbitMQ ${process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672'}, exchange ${exchange}`);
+  const startup = setTimeout(() => fail(`the servers did not start within ${STARTUP_MS} ms`), STARTUP_MS);
+  const urls = await Promise.all(
+    NAMES.map(async (name, i) => {
+      const env = { ...process.env, DEMO_SERVER_NAME: name, DEMO_EXCHANGE: exchange, DEMO_PORT: String(ports[i] ?? 0) };
+      const child = fork(path.join(__dirname, 'server.js'), [], { env });
+      servers.push(child);
+      child.on('exit', () => !stopping && fail(`${name} stopped`));
       const msg = await once(child, 'message');
-      if (!msg.ready) fail(`${NAMES[i]}: ${msg.failed}`);
-      console.log(`${NAMES[i]} listening on http://127.0.0.1:${msg.port} (pid ${child.pid})`);
-      return msg.port;
+      if (!msg.ready) fail(`${name} could not start`);
+      return `http://127.0.0.1:${msg.port}`;
     }),
   );
-
-  const clients = await Promise.all(
-    ports.map(async (port, i) => {
-      const client = connect(`http://127.0.0.1:${port}`, { transports: ['websocket'], reconnection: false });
-      await once(client, 'connect');
-      await client.emitWithAck('join', ROOMS[i]);
-      return client;
-    }),
-  );
-  console.log(`clients: one on each server; rooms ${NAMES.map((n, i) => `${n}:${ROOMS[i]}`).join(', ')}`);
-
-  const expected = [];
-  const received = [];
-  const heard = new Promise((resolve) => {
-    clients.forEach((client, i) =>
-      client.on('news', (msg) => {
-        received.push(`${NAMES[i]}'s client got "${msg.text}" from ${msg.from}`);
-        if (received.length === expected.length) resolve();
-      }),
-    );
-  });
-  // Everyone hears io.emit on server-a; only lobby members (on a and b) hear server-c's room emit.
-  expected.push(...NAMES, ...NAMES.filter((_, i) => ROOMS[i] === 'lobby'));
-  servers[0].send({ emit: 'news', text: 'hello everyone' });
-  servers[2].send({ emit: 'news', room: 'lobby', text: 'hello lobby' });
-  await heard;
-  for (const line of received.sort()) console.log(`  ${line}`);
-
-  for (const client of clients) client.disconnect();
-  await Promise.all(
-    servers.map((child) => {
-      const exited = once(child, 'exit');
-      child.send({ close: true });
-      return exited;
-    }),
-  );
-  clearTimeout(watchdog);
-  console.log('demo done: broadcasts crossed servers through RabbitMQ');
+  clearTimeout(startup);
+  urls.forEach((url, i) => console.log(`${NAMES[i]}  ${url}`));
+  console.log('Open the URLs in a browser (one tab per server), pick a name and a room, and chat. Ctrl-C stops.');
+  await greet(urls);
 }
 
-main().catch((err) => fail(err.stack || err.message));
+// alice (server-a) and bob (server-b) meet in #lobby: each line below crossed servers.
+async function greet(urls) {
+  const [alice, bob] = await Promise.all(
+    [['alice', urls[0]], ['bob', urls[1]]].map(async ([name, url]) => {
+      const bot = connect(url, { transports: ['websocket'], auth: { name: `${name} (bot)` } });
+      bots.push(bot);
+      await once(bot, 'connect');
+      await bot.emitWithAck('join', 'lobby');
+      return bot;
+    }),
+  );
+  const heard = once(bob, 'chat');
+  await alice.emitWithAck('chat', 'hello from server-a!');
+  const message = await heard;
+  console.log(`bob (bot) on server-b got "${message.text}" from ${message.from} on ${message.server}: it crossed through RabbitMQ`);
+}
+
+async function stop(code = 0) {
+  if (stopping) return;
+  stopping = true;
+  for (const bot of bots) bot.disconnect();
+  const exits = servers.filter((c) => c.exitCode === null).map((child) => {
+    const exited = once(child, 'exit');
+    if (child.connected) child.send({ close: true });
+    return exited;
+  });
+  const forced = setTimeout(() => servers.forEach((c) => c.kill('SIGKILL')), STOP_MS);
+  await Promise.all(exits);
+  clearTimeout(forced);
+  console.log('demo stopped');
+  process.exit(code);
+}
+
+function fail(message) {
+  console.error(`demo failed: ${message}`);
+  stop(1);
+}
+
+process.on('SIGINT', () => stop(0));
+process.on('SIGTERM', () => stop(0));
+start().catch((err) => fail(err.stack || err.message));

@@ -1,44 +1,105 @@
 'use strict';
-// One Socket.IO server of the demo cluster, in its own process. Driven by demo/cluster.js over IPC.
+// One server of the demo cluster, in its own process (started by demo/cluster.js): a Socket.IO
+// server with the adapter that serves the chat page. Chat messages go to the sender's room on every
+// server; each one is also announced to the other servers (serverSideEmit) so their logs show it
+// crossing. The page lists the users of every server with fetchSockets().
+const fs = require('fs');
 const http = require('http');
+const path = require('path');
 const { Server } = require('socket.io');
 const { createAdapter } = require('..');
 
 const name = process.env.DEMO_SERVER_NAME;
 const url = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
-const httpServer = http.createServer();
+const page = fs.readFileSync(path.join(__dirname, 'public', 'index.html'));
+
+const httpServer = http.createServer((req, res) => {
+  if (req.url === '/' || req.url.startsWith('/?')) {
+    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(page);
+  } else {
+    res.writeHead(404).end();
+  }
+});
 const io = new Server(httpServer);
 io.adapter(createAdapter(url, { exchangeName: process.env.DEMO_EXCHANGE, instanceName: name }));
-io.of('/').adapter.on('error', (err) => {
-  // A demo server without its broker has nothing to show: report and stop.
-  if (process.connected) process.send({ failed: err.message });
-  process.exit(1);
+const adapter = io.of('/').adapter;
+adapter.on('error', (err) => {
+  console.error(`[${name}] ${err.message}`);
+  if (!started) exitWith(1); // a demo server without its broker has nothing to show
 });
+adapter.on('disconnect', (err) => console.error(`[${name}] ${err.message}`));
+adapter.on('reconnect', () => console.log(`[${name}] reconnected to RabbitMQ`));
+let started = false;
+
+const log = (line) => console.log(`[${name}] ${line}`);
+const presenceChanged = () => io.emit('presence');
 
 io.on('connection', (socket) => {
-  socket.on('join', (room, done) => {
+  socket.data = { name: String(socket.handshake.auth?.name || `guest-${socket.id.slice(0, 4)}`).slice(0, 24), server: name, room: null };
+  socket.emit('welcome', { server: name });
+  presenceChanged();
+
+  socket.on('join', (room, ack) => {
+    room = String(room || 'lobby').slice(0, 32);
+    if (socket.data.room) socket.leave(socket.data.room);
     socket.join(room);
-    if (typeof done === 'function') done();
+    socket.data.room = room;
+    log(`${socket.data.name} joined #${room}`);
+    presenceChanged();
+    if (typeof ack === 'function') ack(room);
   });
+
+  socket.on('chat', (text, ack) => {
+    const { room } = socket.data;
+    if (!room) return typeof ack === 'function' && ack({ error: 'join a room first' });
+    const message = { from: socket.data.name, server: name, room, text: String(text).slice(0, 500), at: Date.now() };
+    io.to(room).emit('chat', message);
+    io.serverSideEmit('chat-crossed', message);
+    log(`${message.from} in #${room}: ${message.text}`);
+    if (typeof ack === 'function') ack({ ok: true });
+  });
+
+  socket.on('who', async (ack) => {
+    if (typeof ack !== 'function') return;
+    try {
+      const sockets = await io.fetchSockets();
+      const serverCount = await adapter.serverCount();
+      ack({ serverCount, users: sockets.map((s) => s.data).filter((d) => d && d.name) });
+    } catch (err) {
+      ack({ error: err.message });
+    }
+  });
+
+  socket.on('disconnect', presenceChanged);
 });
 
-io.of('/')
-  .adapter.init()
-  .then(
-    () =>
-      httpServer.listen(Number(process.env.DEMO_PORT || 0), '127.0.0.1', () =>
-        process.send({ ready: true, port: httpServer.address().port }),
-      ),
-    () => {}, // reported through the error event above
-  );
+// Another server's chat message: what "crossing servers" looks like from here.
+io.on('chat-crossed', (message) => log(`crossed from ${message.server}: ${message.from} in #${message.room}: ${message.text}`));
 
-process.on('message', async (msg) => {
-  if (msg.emit) {
-    const target = msg.room ? io.to(msg.room) : io;
-    target.emit(msg.emit, { from: name, text: msg.text });
-  }
-  if (msg.close) {
-    await io.close();
-    process.disconnect();
-  }
+adapter.init().then(
+  () =>
+    httpServer.listen(Number(process.env.DEMO_PORT || 0), '127.0.0.1', () => {
+      started = true;
+      process.send?.({ ready: true, port: httpServer.address().port });
+    }),
+  () => {}, // reported by the error event above
+);
+
+httpServer.on('error', (err) => {
+  console.error(`[${name}] cannot listen: ${err.message}`);
+  exitWith(1);
 });
+
+async function shutdown() {
+  await io.close();
+  process.disconnect?.();
+}
+
+function exitWith(code) {
+  process.send?.({ failed: true });
+  process.exit(code);
+}
+
+process.on('message', (msg) => msg.close && shutdown());
+process.on('SIGINT', () => {}); // the launcher decides when to stop (see demo/cluster.js)
