@@ -490,9 +490,6 @@ impl Node {
 
     pub(crate) async fn on_message(&self, body: &[u8]) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if self.panic_on_next_message.swap(false, Ordering::Relaxed) {
-            panic!("panic injected by a test");
-        }
         let envelope = match wire::decode(body) {
             Ok(envelope) => envelope,
             Err(error) => return self.on_malformed(error),
@@ -507,10 +504,46 @@ impl Node {
             self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        match message {
+            Message::Batch(messages) => {
+                for message in messages {
+                    if matches!(message, Message::Batch(_)) {
+                        self.on_malformed(wire::DecodeError::Malformed(
+                            "a batch inside a batch".into(),
+                        ));
+                        continue;
+                    }
+                    self.dispatch_contained(&from, &nsp, message).await;
+                }
+            }
+            message => self.dispatch_contained(&from, &nsp, message).await,
+        }
+    }
+
+    /// A bug in handling one message must cost that message only, not its batch or the consumer.
+    async fn dispatch_contained(&self, from: &str, nsp: &str, message: Message) {
+        let handled = AssertUnwindSafe(async {
+            if self.panic_on_next_message.swap(false, Ordering::Relaxed) {
+                panic!("panic injected by a test");
+            }
+            self.dispatch(from, nsp, message).await
+        })
+        .catch_unwind()
+        .await;
+        if let Err(panic) = handled {
+            self.report(format!(
+                "internal error while handling a message (dropped): {}",
+                panic_text(&panic)
+            ));
+        }
+    }
+
+    /// Handles one message of another server (or emitter) `from`, for namespace `nsp`.
+    async fn dispatch(&self, from: &str, nsp: &str, message: Message) {
         let now = Instant::now();
         match message {
             Message::Hello { namespaces } => {
-                self.peers.lock().update(&from, namespaces, now);
+                self.peers.lock().update(from, namespaces, now);
                 // Answer so the newcomer counts this server without waiting for a heartbeat.
                 let namespaces = self.bound.lock().iter().cloned().collect();
                 self.send(
@@ -521,18 +554,18 @@ impl Node {
                 return;
             }
             Message::Heartbeat { namespaces } => {
-                return self.peers.lock().update(&from, namespaces, now);
+                return self.peers.lock().update(from, namespaces, now);
             }
             Message::Goodbye => {
-                self.peers.lock().remove(&from);
-                return self.forget_server(&from);
+                self.peers.lock().remove(from);
+                return self.forget_server(from);
             }
-            _ => self.peers.lock().touch(&from, now),
+            _ => self.peers.lock().touch(from, now),
         }
         if let Some(request_id) = message.response_to() {
-            return self.on_reply(request_id, &from, message);
+            return self.on_reply(request_id, from, message);
         }
-        let Some(ns) = self.namespaces.read().get(&nsp).cloned() else {
+        let Some(ns) = self.namespaces.read().get(nsp).cloned() else {
             return;
         };
         match message {
@@ -554,12 +587,12 @@ impl Node {
                             request_id: ack.request_id,
                             count: 0,
                         };
-                        self.reply(&from, &nsp, count);
+                        self.reply(from, nsp, count);
                     }
                     return;
                 }
                 let work = TargetedWork::Broadcast { flags, packet, ack };
-                self.push_targeted(ns, target, from, work).await;
+                self.push_targeted(ns, target, from.to_string(), work).await;
             }
             Message::SocketsJoin { target, rooms } => {
                 self.apply_membership(&ns, &target, &rooms, true).await
@@ -575,7 +608,7 @@ impl Node {
                     return;
                 }
                 let work = TargetedWork::Disconnect { close };
-                self.push_targeted(ns, target, from, work).await;
+                self.push_targeted(ns, target, from.to_string(), work).await;
             }
             Message::FetchSockets { request_id, target } => {
                 if !ns.index.lock().has_recipient(&target) {
@@ -586,17 +619,17 @@ impl Node {
                         request_id,
                         sockets: Vec::new(),
                     };
-                    return self.reply(&from, &nsp, empty);
+                    return self.reply(from, nsp, empty);
                 }
                 let work = TargetedWork::Fetch { request_id };
-                self.push_targeted(ns, target, from, work).await;
+                self.push_targeted(ns, target, from.to_string(), work).await;
             }
             Message::ServerSideEmit { request_id, args } => {
                 self.wait_for_inbox_space().await;
                 self.push(Inbound::Ready(Drained::ServerSideEmit {
-                    nsp,
+                    nsp: nsp.to_string(),
                     args,
-                    reply_to: request_id.map(|id| (from, id)),
+                    reply_to: request_id.map(|id| (from.to_string(), id)),
                 }));
             }
             // Handled above; listed so a new message kind must be given a place here.
@@ -606,7 +639,8 @@ impl Node {
             | Message::FetchSocketsResponse { .. }
             | Message::ServerSideEmitResponse { .. }
             | Message::BroadcastClientCount { .. }
-            | Message::BroadcastAck { .. } => {}
+            | Message::BroadcastAck { .. }
+            | Message::Batch(_) => {}
         }
     }
 

@@ -4,6 +4,7 @@
 //! every namespace the host wants, then says hello, so traffic resumes by itself.
 
 use crate::cluster::{Control, Drained, Inbound, Node};
+use crate::outbox::MAX_BATCH;
 use crate::transport::{
     connect_any, namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
 };
@@ -59,16 +60,17 @@ impl Node {
             };
             match connected {
                 Ok((transport, consumer)) => {
-                    if ever_connected {
-                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        self.push(Inbound::Ready(Drained::Reconnected {
-                            attempts: failures + 1,
-                        }));
-                    }
+                    let reconnected = ever_connected.then_some(failures + 1);
                     ever_connected = true;
                     failures = 0;
                     let end = self
-                        .session(&transport, consumer, &mut control, &mut closing)
+                        .session(
+                            &transport,
+                            consumer,
+                            reconnected,
+                            &mut control,
+                            &mut closing,
+                        )
                         .await;
                     match end {
                         SessionEnd::Closed => {
@@ -159,6 +161,7 @@ impl Node {
         self: &Arc<Self>,
         transport: &Transport,
         consumer: lapin::Consumer,
+        reconnected_after: Option<u32>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         closing: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
@@ -174,6 +177,11 @@ impl Node {
         }
         if let Err(error) = self.announce(transport, true).await {
             return SessionEnd::Lost(error);
+        }
+        // Only now, with the bindings back, is it true that traffic flows again.
+        if let Some(attempts) = reconnected_after {
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            self.push(Inbound::Ready(Drained::Reconnected { attempts }));
         }
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -203,7 +211,7 @@ impl Node {
 
     /// Sends everything in the outbox, in order. A publish that fails goes back to the front.
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
-        while let Some((key, envelope)) = self.outbox.pop() {
+        while let Some((key, envelope)) = self.outbox.pop_batch(MAX_BATCH) {
             if let Err(error) = self.publish_counted(transport, &key, &envelope).await {
                 self.outbox.push_front(key, envelope);
                 return Err(error);
@@ -308,20 +316,31 @@ impl Node {
         mut consumer: lapin::Consumer,
         lost: oneshot::Sender<String>,
     ) {
+        let ack_batch = (u32::from(self.config.prefetch) / 4).max(1);
+        let mut unacked = 0;
         let reason = loop {
             match consumer.next().await {
                 Some(Ok(delivery)) => {
-                    // A bug in handling one message must cost that message only, not the consumer.
+                    // Panics in handling are contained per message (see `dispatch_contained`);
+                    // this catches what is left (decoding) so the consumer always goes on.
                     let handled = AssertUnwindSafe(self.on_message(&delivery.data))
                         .catch_unwind()
                         .await;
                     if let Err(panic) = handled {
                         self.report(format!(
-                            "internal error while handling a message (dropped): {}",
+                            "internal error while handling a delivery (dropped): {}",
                             panic_text(&panic)
                         ));
                     }
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    // Acks go out in batches (one frame acknowledges every delivery up to this
+                    // one), a quarter of the prefetch window at a time, so the window never
+                    // closes but the broker is not sent one ack per message.
+                    unacked += 1;
+                    if unacked >= ack_batch {
+                        unacked = 0;
+                        let multiple = BasicAckOptions { multiple: true };
+                        let _ = delivery.ack(multiple).await;
+                    }
                 }
                 Some(Err(error)) => break format!("the broker connection failed: {error}"),
                 None => break "the broker cancelled this server's consumer".to_string(),

@@ -16,7 +16,7 @@
 //! ```
 
 use crate::connection::{backoff, closed, jitter_seed};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, MAX_BATCH};
 use crate::packet::{self, Arg};
 use crate::transport::{connect_any, namespace_key, Transport, TransportConfig};
 use crate::wire::{self, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
@@ -307,7 +307,7 @@ impl Emitter {
     }
 
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
-        while let Some((key, envelope)) = self.outbox.pop() {
+        while let Some((key, envelope)) = self.outbox.pop_batch(MAX_BATCH) {
             if let Err(error) = transport.publish(&key, &wire::encode(&envelope)).await {
                 self.outbox.push_front(key, envelope);
                 return Err(error);

@@ -3,10 +3,13 @@
 //! the emitters — the oldest publish is dropped, because the newest traffic matters most to live
 //! clients. Pushing never blocks.
 
-use crate::wire::Envelope;
+use crate::wire::{Envelope, Message};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use tokio::sync::Notify;
+
+/// The most messages one AMQP message carries (see [`Outbox::pop_batch`]).
+pub(crate) const MAX_BATCH: usize = 256;
 
 pub(crate) struct Outbox {
     queue: Mutex<VecDeque<(String, Envelope)>>,
@@ -44,6 +47,30 @@ impl Outbox {
         self.queue.lock().pop_front()
     }
 
+    /// Pops the next publish together with the ones right behind it that go to the same routing
+    /// key and namespace (up to `max`), as one envelope: a [`Message::Batch`] when there were
+    /// several. Order is kept; under load this turns many small publishes into a few large ones.
+    pub(crate) fn pop_batch(&self, max: usize) -> Option<(String, Envelope)> {
+        let mut queue = self.queue.lock();
+        let (key, mut first) = queue.pop_front()?;
+        let mut batch = Vec::new();
+        while batch.len() + 1 < max {
+            match queue.front() {
+                Some((next_key, next)) if *next_key == key && next.nsp == first.nsp => {
+                    let (_, next) = queue.pop_front().expect("front exists");
+                    batch.push(next.message);
+                }
+                _ => break,
+            }
+        }
+        if !batch.is_empty() {
+            let head = std::mem::replace(&mut first.message, Message::Goodbye);
+            batch.insert(0, head);
+            first.message = Message::Batch(batch);
+        }
+        Some((key, first))
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.queue.lock().len()
     }
@@ -57,7 +84,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{Message, PROTOCOL_VERSION};
+    use crate::wire::PROTOCOL_VERSION;
 
     fn envelope(n: u32) -> Envelope {
         Envelope {
@@ -80,6 +107,36 @@ mod tests {
         assert_eq!(outbox.pop().unwrap().1.uid, "9");
         assert_eq!(outbox.pop().unwrap().1.uid, "3");
         assert!(outbox.pop().is_none());
+    }
+
+    #[test]
+    fn batches_consecutive_publishes_of_one_key_and_namespace() {
+        let outbox = Outbox::new(16);
+        let mut other_nsp = envelope(3);
+        other_nsp.nsp = "/chat".into();
+        for (key, env) in [
+            ("a", envelope(1)),
+            ("a", envelope(2)),
+            ("a", other_nsp),
+            ("b", envelope(4)),
+            ("b", envelope(5)),
+            ("b", envelope(6)),
+        ] {
+            outbox.push(key.into(), env);
+        }
+        let (key, first) = outbox.pop_batch(8).unwrap();
+        assert_eq!(key, "a");
+        assert!(matches!(&first.message, Message::Batch(inner) if inner.len() == 2));
+        let (_, single) = outbox.pop_batch(8).unwrap();
+        assert_eq!(single.nsp, "/chat");
+        assert!(
+            matches!(single.message, Message::Goodbye),
+            "one message stays unwrapped"
+        );
+        let (key, capped) = outbox.pop_batch(2).unwrap();
+        assert_eq!(key, "b");
+        assert!(matches!(&capped.message, Message::Batch(inner) if inner.len() == 2));
+        assert_eq!(outbox.len(), 1);
     }
 
     #[tokio::test]

@@ -152,6 +152,9 @@ pub enum Message {
         request_id: u32,
         reply: Vec<PacketPart>,
     },
+    /// Several messages of one sender and namespace, in order, in one AMQP message: under load
+    /// the broker then routes and delivers batches instead of single packets.
+    Batch(Vec<Message>),
 }
 
 impl Message {
@@ -322,6 +325,24 @@ mod tests {
             };
             assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
         }
+    }
+
+    #[test]
+    fn a_batch_round_trips_in_order() {
+        let inner = vec![
+            Message::Goodbye,
+            Message::BroadcastClientCount {
+                request_id: 1,
+                count: 2,
+            },
+        ];
+        let envelope = Envelope {
+            v: PROTOCOL_VERSION,
+            uid: "u".into(),
+            nsp: "/".into(),
+            message: Message::Batch(inner),
+        };
+        assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
     }
 
     #[test]

@@ -134,7 +134,7 @@ impl NativeNode {
         });
         let node = Node::new(config, waker);
         let starter = node.clone();
-        napi::bindgen_prelude::within_runtime_if_available(move || starter.start());
+        super::in_runtime(move || starter.start());
         Ok(NativeNode { node })
     }
 

@@ -65,9 +65,7 @@ impl NativeEmitter {
                 ThreadsafeFunctionCallMode::NonBlocking,
             );
         };
-        let emitter = napi::bindgen_prelude::within_runtime_if_available(move || {
-            Emitter::start(config, sink)
-        });
+        let emitter = super::in_runtime(move || Emitter::start(config, sink));
         Ok(NativeEmitter { emitter })
     }
 

@@ -7,6 +7,26 @@ mod emitter;
 
 use crate::wire::PacketPart;
 use napi::bindgen_prelude::{Buffer, Either};
+use once_cell::sync::Lazy;
+
+/// The runtime the broker sessions of this process run on: one worker thread. The connection task,
+/// the consumer and lapin's I/O then hand work to each other inside one thread instead of waking
+/// other threads (measured: on a small machine those cross-thread wake-ups, not the work, were most
+/// of the adapter's CPU). It is separate from napi's runtime, which only runs the async exports.
+static RUNTIME: Lazy<tokio::runtime::Runtime> = Lazy::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("socket.io-amqp0")
+        .enable_all()
+        .build()
+        .expect("the adapter's runtime starts")
+});
+
+/// Runs `start` inside the adapter's runtime (so what it spawns runs there).
+pub(crate) fn in_runtime<T>(start: impl FnOnce() -> T) -> T {
+    let _guard = RUNTIME.enter();
+    start()
+}
 
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
 type JsPart = Either<String, Buffer>;

@@ -1,0 +1,313 @@
+'use strict';
+// `npm run bench`: this adapter against @socket.io/redis-adapter and Socket.IO's in-memory adapter
+// (one server: the upper bound), side by side in one run, alternating, plus the raw broker limit.
+// Servers and clients run in separate processes on this machine. Prints medians and ratios, writes
+// the raw results to bench-results/, and stops by itself.
+//
+// BENCH_SERVERS (3), BENCH_CLIENTS per server (30), BENCH_REPS (3), BENCH_SECONDS per timed
+// scenario (4); AMQP_URL, REDIS_URL.
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const crypto = require('crypto');
+const { fork, execFileSync } = require('child_process');
+
+const SERVERS = Number(process.env.BENCH_SERVERS || 3);
+const CLIENTS = Number(process.env.BENCH_CLIENTS || 30);
+const REPS = Number(process.env.BENCH_REPS || 3);
+const SECONDS = Number(process.env.BENCH_SECONDS || 4);
+const ROOMS = 1000;
+const BLAST = Number(process.env.BENCH_BLAST || 5000);
+const ROOMS_RATE = Number(process.env.BENCH_ROOMS_RATE || 500); // emits/s per server, to random rooms
+const KINDS = (process.env.BENCH_KINDS || 'native,redis,memory').split(',');
+const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,roundTrips,memory,raw').split(','));
+const ROOT = path.join(__dirname, '..');
+const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS || 20 * 60 * 1000);
+
+const watchdog = setTimeout(() => {
+  console.error(`bench: did not finish within ${DEADLINE_MS / 1000} s; stopping`);
+  process.exit(1);
+}, DEADLINE_MS);
+watchdog.unref();
+
+const children = [];
+process.on('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+
+// ---- child processes driven over IPC ------------------------------------------------------
+
+function spawnWorker(script, args, execArgv = []) {
+  const child = fork(path.join(__dirname, script), args.map(String), { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.push(child);
+  const pending = new Map();
+  let nextId = 1;
+  const started = new Promise((resolve, reject) => {
+    pending.set(0, { resolve, reject });
+  });
+  child.on('message', ({ id, result, error }) => {
+    const waiter = pending.get(id);
+    pending.delete(id);
+    if (waiter) (error ? waiter.reject(new Error(error)) : waiter.resolve(result));
+  });
+  child.on('exit', (code) => {
+    for (const waiter of pending.values()) waiter.reject(new Error(`${script} exited with ${code}`));
+    pending.clear();
+  });
+  const call = (cmd, args2 = {}, timeoutMs = 120000) =>
+    new Promise((resolve, reject) => {
+      const id = nextId++;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error(`${script} ${cmd} timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+      pending.set(id, {
+        resolve: (value) => (clearTimeout(timer), resolve(value)),
+        reject: (err) => (clearTimeout(timer), reject(err)),
+      });
+      child.send({ id, cmd, args: args2 });
+    });
+  return { child, call, started };
+}
+
+async function startCluster(kind) {
+  const name = `bench-${kind}-${crypto.randomBytes(3).toString('hex')}`;
+  const serverCount = kind === 'memory' ? 1 : SERVERS;
+  const servers = [];
+  for (let i = 0; i < serverCount; i++) {
+    const server = spawnWorker('server.js', [kind, name]);
+    await server.started;
+    server.port = (await server.call('ready')).port;
+    servers.push(server);
+  }
+  // The in-memory adapter serves everyone from its one server: the same clients, one process.
+  const clientGroups = [];
+  for (let i = 0; i < SERVERS; i++) {
+    const server = servers[Math.min(i, servers.length - 1)];
+    const group = spawnWorker('clients.js', [server.port, CLIENTS]);
+    await group.started;
+    await group.call('connect');
+    const first = i * CLIENTS;
+    // Each client is in two of the 1000 rooms; the first client of each group is in "sink".
+    const roomsByClient = Array.from({ length: CLIENTS }, (_, k) => {
+      const g = first + k;
+      return [`r${g % ROOMS}`, `r${(g * 7 + 3) % ROOMS}`, ...(k === 0 ? ['sink'] : [])];
+    });
+    await group.call('join', { roomsByClient });
+    clientGroups.push(group);
+  }
+  if (kind !== 'memory') {
+    await until(async () => (await servers[0].call('serverCount')).count === serverCount, `${kind}: every server counted`);
+  }
+  return { kind, servers, clientGroups };
+}
+
+async function until(condition, what, ms = 30000) {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+// ---- scenarios --------------------------------------------------------------------------
+
+async function received(cluster, event) {
+  const reports = await Promise.all(cluster.clientGroups.map((g) => g.call('report', { event })));
+  return {
+    perGroup: reports.map((r) => r.received),
+    total: reports.reduce((sum, r) => sum + r.received, 0),
+    p50: Math.max(...reports.map((r) => r.p50)),
+    p99: Math.max(...reports.map((r) => r.p99)),
+    max: Math.max(...reports.map((r) => r.max)),
+  };
+}
+
+async function resetClients(cluster) {
+  await Promise.all(cluster.clientGroups.map((g) => g.call('reset')));
+}
+
+async function fanout(cluster, rate) {
+  await resetClients(cluster);
+  const expectedPerMessage = SERVERS * CLIENTS;
+  const { sent } = await cluster.servers[0].call('emitAtRate', { rate, seconds: SECONDS, event: 'fanout' });
+  const expected = sent * expectedPerMessage;
+  const start = Date.now();
+  let result = await received(cluster, 'fanout');
+  while (result.total < expected && Date.now() - start < 5000) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    result = await received(cluster, 'fanout');
+  }
+  return { rate, sent, expected, delivered: result.total, loss: expected - result.total, p50: result.p50, p99: result.p99, max: result.max };
+}
+
+async function manyRooms(cluster, ratePerServer) {
+  await resetClients(cluster);
+  await Promise.all(cluster.servers.map((s) => s.call('markStart')));
+  // Every server of the cluster emits (the in-memory one does all of it alone).
+  const sends = cluster.kind === 'memory' ? [cluster.servers[0].call('emitAtRate', { rate: ratePerServer * SERVERS, seconds: SECONDS, rooms: ROOMS, event: 'room' })] : cluster.servers.map((s) => s.call('emitAtRate', { rate: ratePerServer, seconds: SECONDS, rooms: ROOMS, event: 'room' }));
+  await Promise.all(sends);
+  await new Promise((resolve) => setTimeout(resolve, 500)); // let the last messages land
+  const marks = await Promise.all(cluster.servers.map((s) => s.call('markStop')));
+  const result = await received(cluster, 'room');
+  // Deliveries per server: the clients of group i are on server i (all on one for in-memory).
+  const perServer = marks.map((mark, i) => {
+    const deliveries = cluster.kind === 'memory' ? result.total : result.perGroup[i];
+    return {
+      deliveries,
+      cpuMsPer1000: (mark.cpuMs / deliveries) * 1000,
+      loopMsPer1000: (mark.loopBusyMs / deliveries) * 1000,
+      rssMB: mark.rss / 1048576,
+    };
+  });
+  const median = (key) => medianOf(perServer.map((s) => s[key]));
+  return { deliveries: result.total, cpuMsPer1000: median('cpuMsPer1000'), loopMsPer1000: median('loopMsPer1000'), rssMB: median('rssMB'), perServer };
+}
+
+async function maxRate(cluster) {
+  await resetClients(cluster);
+  const sinks = SERVERS; // one "sink" client per group
+  const start = Date.now();
+  await cluster.servers[0].call('blast', { count: BLAST, room: 'sink' });
+  let result = await received(cluster, 'blast');
+  while (result.total < BLAST * sinks && Date.now() - start < 60000) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    result = await received(cluster, 'blast');
+  }
+  const seconds = (Date.now() - start) / 1000;
+  // Cross-server deliveries: those to clients of the other servers (all of them for in-memory).
+  const crossServer = cluster.kind === 'memory' ? result.total : result.total - result.perGroup[0];
+  return { delivered: result.total, expected: BLAST * sinks, seconds, crossServerPerSecond: crossServer / seconds, perSecond: result.total / seconds };
+}
+
+async function roundTrips(cluster) {
+  if (cluster.kind === 'memory') return null;
+  const sse = await cluster.servers[0].call('serverSideEmitRoundTrips', { count: 200 });
+  const fetch = await cluster.servers[0].call('fetchSocketsRoundTrips', { count: 100 });
+  return { serverSideEmitMs: medianOf(sse.times), fetchSocketsMs: medianOf(fetch.times), fetchedSockets: fetch.sockets };
+}
+
+async function memory(kind) {
+  const child = fork(path.join(__dirname, 'memory.js'), [kind, `bench-mem-${crypto.randomBytes(3).toString('hex')}`], {
+    execArgv: ['--expose-gc'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  children.push(child);
+  const result = await new Promise((resolve, reject) => {
+    child.once('message', resolve);
+    child.once('exit', (code) => reject(new Error(`memory.js exited with ${code} before reporting`)));
+  });
+  return result.rssBytes / 1048576;
+}
+
+function rawBroker() {
+  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'cargo.js'), 'build', '--release', '--no-default-features', '--example', 'raw_broker'], { stdio: 'inherit', timeout: 600000 });
+  const binary = path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target'), 'release', 'examples', 'raw_broker');
+  const out = execFileSync(binary, [process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672', '100000', '100'], { encoding: 'utf8', timeout: 120000 });
+  return JSON.parse(out.trim());
+}
+
+// ---- report -----------------------------------------------------------------------------
+
+function medianOf(values) {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+const fmt = (v, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : 'n/a');
+
+function table(results) {
+  const m = (kind, pick) =>
+    medianOf(
+      results.runs
+        .filter((r) => r.kind === kind)
+        .map((r) => {
+          try {
+            return pick(r);
+          } catch {
+            return undefined; // a scenario left out with BENCH_SCENARIOS
+          }
+        })
+        .filter((v) => v !== undefined),
+    );
+  const rows = [
+    ['fan-out 100/s: p50 ms', (r) => r.fanout100.p50, 0],
+    ['fan-out 100/s: p99 ms', (r) => r.fanout100.p99, 0],
+    ['fan-out 100/s: max ms', (r) => r.fanout100.max, 0],
+    ['fan-out 100/s: lost', (r) => r.fanout100.loss, 0],
+    ['fan-out 500/s: p50 ms', (r) => r.fanout500.p50, 0],
+    ['fan-out 500/s: p99 ms', (r) => r.fanout500.p99, 0],
+    ['fan-out 500/s: max ms', (r) => r.fanout500.max, 0],
+    ['fan-out 500/s: lost', (r) => r.fanout500.loss, 0],
+    ['max rate: deliveries/s', (r) => r.maxRate.perSecond, 0],
+    ['max rate: cross-server deliveries/s', (r) => r.maxRate.crossServerPerSecond, 0],
+    ['1000 rooms: CPU ms / 1000 deliveries', (r) => r.rooms.cpuMsPer1000, 2],
+    ['1000 rooms: event-loop ms / 1000 deliveries', (r) => r.rooms.loopMsPer1000, 2],
+    ['1000 rooms: server RSS MB', (r) => r.rooms.rssMB, 0],
+    ['serverSideEmit with ack: round trip ms', (r) => r.roundTrips?.serverSideEmitMs, 2],
+    ['fetchSockets: round trip ms', (r) => r.roundTrips?.fetchSocketsMs, 2],
+  ];
+  const lines = [];
+  const header = ['scenario (median of runs)', 'native', 'redis', 'in-memory', 'native/redis', 'native/in-mem'];
+  lines.push(header);
+  for (const [label, pick, digits] of rows) {
+    const [n, r, mem] = ['native', 'redis', 'memory'].map((k) => m(k, pick));
+    lines.push([label, fmt(n, digits), fmt(r, digits), fmt(mem, digits), fmt(n / r, 2), fmt(n / mem, 2)]);
+  }
+  const [nm, rm, mm] = ['native', 'redis', 'memory'].map((k) => results.memory[k]);
+  lines.push(['10k sockets x 10 rooms: index RSS MB', fmt(nm), fmt(rm), fmt(mm), fmt(nm / rm, 2), fmt(nm / mm, 2)]);
+  lines.push(['raw broker (publish+consume, no Socket.IO) msg/s', fmt(results.rawBroker?.perSecond, 0), '', '', '', '']);
+  const widths = header.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
+  return lines.map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  ')).join('\n');
+}
+
+// ---- main -------------------------------------------------------------------------------
+
+async function main() {
+  const started = Date.now();
+  console.log(`bench: ${SERVERS} servers x ${CLIENTS} clients, ${REPS} runs, ${SECONDS} s per timed scenario, on ${os.cpus().length} cores`);
+  const results = { machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGB: os.totalmem() / 2 ** 30, node: process.version }, config: { SERVERS, CLIENTS, REPS, SECONDS, ROOMS, BLAST }, runs: [], memory: {} };
+  if (SCENARIOS.has('raw')) {
+    console.log('bench: raw broker limit');
+    results.rawBroker = rawBroker();
+  }
+  console.log('bench: starting the three clusters');
+  const clusters = {};
+  for (const kind of KINDS) clusters[kind] = await startCluster(kind);
+  for (let rep = 0; rep < REPS; rep++) {
+    // Alternate the adapters within each repetition, rotating who goes first.
+    const order = KINDS.map((_, i) => KINDS[(i + rep) % KINDS.length]);
+    for (const kind of order) {
+      const cluster = clusters[kind];
+      console.log(`bench: run ${rep + 1}/${REPS}, ${kind}`);
+      const run = { kind, rep };
+      if (SCENARIOS.has('fanout')) {
+        run.fanout100 = await fanout(cluster, 100);
+        run.fanout500 = await fanout(cluster, 500);
+      }
+      if (SCENARIOS.has('rooms')) run.rooms = await manyRooms(cluster, ROOMS_RATE);
+      if (SCENARIOS.has('maxRate')) run.maxRate = await maxRate(cluster);
+      if (SCENARIOS.has('roundTrips')) run.roundTrips = await roundTrips(cluster);
+      run.nativeStats = kind === 'native' ? (await cluster.servers[1].call('stats')).stats : undefined;
+      results.runs.push(run);
+    }
+  }
+  if (SCENARIOS.has('memory')) for (const kind of KINDS) results.memory[kind] = await memory(kind);
+  for (const cluster of Object.values(clusters)) {
+    await Promise.all([...cluster.servers, ...cluster.clientGroups].map((w) => w.call('close').catch(() => {})));
+  }
+  results.seconds = (Date.now() - started) / 1000;
+  const report = table(results);
+  console.log(`\n${report}\n`);
+  const dir = path.join(ROOT, 'bench-results');
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `bench-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
+  fs.writeFileSync(file, JSON.stringify({ ...results, table: report }, null, 2));
+  console.log(`bench: raw results in ${path.relative(ROOT, file)} (${results.seconds.toFixed(0)} s)`);
+  process.exit(0);
+}
+
+main().catch((err) => {
+  console.error(`bench failed: ${err.stack || err.message}`);
+  process.exit(1);
+});

@@ -1,0 +1,136 @@
+'use strict';
+// One benchmark server (child process): Socket.IO with the adapter under test, driven over IPC.
+// argv: kind ("native" | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
+const http = require('http');
+const { performance } = require('perf_hooks');
+const { Server } = require('socket.io');
+
+const [kind, clusterName] = process.argv.slice(2);
+const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
+const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
+
+async function adapterFor() {
+  if (kind === 'native') {
+    const { createAdapter } = require('..');
+    return createAdapter(AMQP_URL, { exchangeName: clusterName });
+  }
+  if (kind === 'redis') {
+    const { createAdapter } = require('@socket.io/redis-adapter');
+    const { createClient } = require('redis');
+    const pub = createClient({ url: REDIS_URL });
+    const sub = pub.duplicate();
+    await Promise.all([pub.connect(), sub.connect()]);
+    return createAdapter(pub, sub, { key: clusterName });
+  }
+  return null; // Socket.IO's in-memory adapter
+}
+
+async function main() {
+  const httpServer = http.createServer();
+  const io = new Server(httpServer, { pingTimeout: 60000 });
+  const adapter = await adapterFor();
+  if (adapter) io.adapter(adapter);
+  await io.of('/').adapter.init?.();
+  io.on('connection', (socket) => {
+    socket.on('join', (rooms, done) => {
+      socket.join(rooms);
+      done();
+    });
+  });
+  io.on('ping', (reply) => reply('pong'));
+  await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+
+  let mark = null;
+  const commands = {
+    async ready() {
+      return { port: httpServer.address().port };
+    },
+    async serverCount() {
+      return { count: await io.of('/').adapter.serverCount() };
+    },
+    // Starts a measurement window: process CPU, event-loop busy time.
+    async markStart() {
+      mark = { cpu: process.cpuUsage(), elu: performance.eventLoopUtilization(), at: performance.now() };
+      return {};
+    },
+    async markStop() {
+      const cpu = process.cpuUsage(mark.cpu);
+      const elu = performance.eventLoopUtilization(mark.elu);
+      return { cpuMs: (cpu.user + cpu.system) / 1000, loopBusyMs: elu.active, wallMs: performance.now() - mark.at, rss: process.memoryUsage().rss };
+    },
+    // Emits `rate` messages a second for `seconds` (to a random one of `rooms` rooms, or everyone).
+    async emitAtRate({ rate, seconds, rooms, event }) {
+      const tickMs = 10;
+      const total = Math.round(rate * seconds);
+      let sent = 0;
+      const start = performance.now();
+      await new Promise((resolve) => {
+        const timer = setInterval(() => {
+          const due = Math.min(total, Math.round(((performance.now() - start) / 1000) * rate));
+          for (; sent < due; sent++) {
+            const target = rooms ? io.to(`r${Math.floor(Math.random() * rooms)}`) : io;
+            target.emit(event, Date.now());
+          }
+          if (sent >= total) {
+            clearInterval(timer);
+            resolve();
+          }
+        }, tickMs);
+      });
+      return { sent };
+    },
+    // Emits `count` messages to `room` as fast as the event loop allows (in slices, so IPC stays alive).
+    async blast({ count, room }) {
+      let sent = 0;
+      await new Promise((resolve) => {
+        const slice = () => {
+          for (let i = 0; i < 500 && sent < count; i++, sent++) io.to(room).emit('blast', Date.now());
+          if (sent < count) setImmediate(slice);
+          else resolve();
+        };
+        slice();
+      });
+      return { sent };
+    },
+    async serverSideEmitRoundTrips({ count }) {
+      const times = [];
+      for (let i = 0; i < count; i++) {
+        const start = performance.now();
+        await io.serverSideEmitWithAck('ping');
+        times.push(performance.now() - start);
+      }
+      return { times };
+    },
+    async fetchSocketsRoundTrips({ count }) {
+      const times = [];
+      let sockets = 0;
+      for (let i = 0; i < count; i++) {
+        const start = performance.now();
+        sockets = (await io.fetchSockets()).length;
+        times.push(performance.now() - start);
+      }
+      return { times, sockets };
+    },
+    async stats() {
+      return { stats: io.of('/').adapter.stats?.() ?? null };
+    },
+    async close() {
+      await io.close();
+      setTimeout(() => process.exit(0), 100).unref();
+      return {};
+    },
+  };
+  process.on('message', async ({ id, cmd, args }) => {
+    try {
+      process.send({ id, result: await commands[cmd](args || {}) });
+    } catch (err) {
+      process.send({ id, error: err.stack || String(err) });
+    }
+  });
+  process.send({ id: 0, result: { started: true } });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
