@@ -257,6 +257,13 @@ function table(results) {
   const [nm, rm, mm] = ['native', 'redis', 'memory'].map((k) => results.memory[k]);
   lines.push(['10k sockets x 10 rooms: index RSS MB', fmt(nm), fmt(rm), fmt(mm), fmt(nm / rm, 2), fmt(nm / mm, 2)]);
   lines.push(['raw broker (publish+consume, no Socket.IO) msg/s', fmt(results.rawBroker?.perSecond, 0), '', '', '', '']);
+  // The counters of one native server over the whole run: messages that concerned none of its
+  // sockets were dropped in Rust and never reached the event loop.
+  const last = results.runs.filter((r) => r.kind === 'native' && r.nativeStats).pop()?.nativeStats;
+  if (last) {
+    const share = last.noLocalRecipient / (last.noLocalRecipient + last.delivered);
+    lines.push(['native: messages dropped in Rust, no JS call (one server)', `${last.noLocalRecipient}`, '', '', `${fmt(share * 100, 0)}%`, '']);
+  }
   const widths = header.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
   return lines.map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  ')).join('\n');
 }
