@@ -3,6 +3,7 @@
 // deliveries per event and their latency (same machine clock) in a 1 ms histogram.
 // argv: port, count.
 const { io: connect } = require('socket.io-client');
+const { serveCommands } = require('./ipc');
 
 const [port, count] = process.argv.slice(2).map(Number);
 const clients = [];
@@ -65,11 +66,4 @@ const commands = {
   },
 };
 
-process.on('message', async ({ id, cmd, args }) => {
-  try {
-    process.send({ id, result: await commands[cmd](args || {}) });
-  } catch (err) {
-    process.send({ id, error: err.stack || String(err) });
-  }
-});
-process.send({ id: 0, result: { started: true } });
+serveCommands(commands);

@@ -4,6 +4,7 @@
 const http = require('http');
 const { performance } = require('perf_hooks');
 const { Server } = require('socket.io');
+const { serveCommands } = require('./ipc');
 
 const [kind, clusterName] = process.argv.slice(2);
 const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
@@ -120,14 +121,7 @@ async function main() {
       return {};
     },
   };
-  process.on('message', async ({ id, cmd, args }) => {
-    try {
-      process.send({ id, result: await commands[cmd](args || {}) });
-    } catch (err) {
-      process.send({ id, error: err.stack || String(err) });
-    }
-  });
-  process.send({ id: 0, result: { started: true } });
+  serveCommands(commands);
 }
 
 main().catch((err) => {

@@ -4,7 +4,7 @@
 //! every namespace the host wants, then says hello, so traffic resumes by itself.
 
 use crate::cluster::{Control, Drained, Inbound, Node};
-use crate::outbox::MAX_BATCH;
+use crate::outbox::{Outbox, MAX_BATCH};
 use crate::transport::{
     connect_any, namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
 };
@@ -12,7 +12,7 @@ use crate::wire::{self, Envelope, Message};
 use futures_lite::{FutureExt, StreamExt};
 use lapin::options::BasicAckOptions;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -46,17 +46,9 @@ impl Node {
         let mut last_error: String;
         loop {
             let attempt = self.connect_any(&mut preferred_url);
-            tokio::pin!(attempt);
-            let connected = tokio::select! {
-                result = &mut attempt => result,
-                _ = closed(&mut closing) => {
-                    if self.outbox.len() == 0 {
-                        break;
-                    }
-                    // Publishes wait: finish this attempt (bounded by the connect timeout) so
-                    // they still go out.
-                    attempt.await
-                }
+            let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
+            else {
+                break;
             };
             match connected {
                 Ok((transport, consumer)) => {
@@ -209,15 +201,8 @@ impl Node {
         }
     }
 
-    /// Sends everything in the outbox, in order. A publish that fails goes back to the front.
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
-        while let Some((key, envelope)) = self.outbox.pop_batch(MAX_BATCH) {
-            if let Err(error) = self.publish_counted(transport, &key, &envelope).await {
-                self.outbox.push_front(key, envelope);
-                return Err(error);
-            }
-        }
-        Ok(())
+        flush(&self.outbox, transport, &self.stats.published).await
     }
 
     async fn execute(&self, transport: &Transport, command: Control) -> Result<(), String> {
@@ -367,6 +352,44 @@ fn refuse_all(control: &mut mpsc::UnboundedReceiver<Control>, reason: &str) {
             let _ = done.send(Err(reason.to_string()));
         }
     }
+}
+
+/// Awaits a connection attempt, unless `close()` is called meanwhile with nothing waiting to be
+/// sent: then `None`. With publishes waiting, the attempt may finish (it is bounded by the connect
+/// timeout) so they still go out.
+pub(crate) async fn connect_unless_closed<T>(
+    attempt: impl std::future::Future<Output = T>,
+    closing: &mut watch::Receiver<bool>,
+    outbox: &Outbox,
+) -> Option<T> {
+    tokio::pin!(attempt);
+    tokio::select! {
+        result = &mut attempt => Some(result),
+        _ = closed(closing) => {
+            if outbox.len() == 0 {
+                None
+            } else {
+                Some(attempt.await)
+            }
+        }
+    }
+}
+
+/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`. A
+/// publish that fails goes back to the front of the outbox.
+pub(crate) async fn flush(
+    outbox: &Outbox,
+    transport: &Transport,
+    published: &AtomicU64,
+) -> Result<(), String> {
+    while let Some((key, envelope)) = outbox.pop_batch(MAX_BATCH) {
+        if let Err(error) = transport.publish(&key, &wire::encode(&envelope)).await {
+            outbox.push_front(key, envelope);
+            return Err(error);
+        }
+        published.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
 }
 
 /// How often silent peers are looked for: often enough to notice a death soon after the timeout.

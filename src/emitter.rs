@@ -15,11 +15,11 @@
 //! # Ok(()) }
 //! ```
 
-use crate::connection::{backoff, closed, jitter_seed};
-use crate::outbox::{Outbox, MAX_BATCH};
+use crate::connection::{backoff, closed, connect_unless_closed, flush, jitter_seed};
+use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
 use crate::transport::{connect_any, namespace_key, Transport, TransportConfig};
-use crate::wire::{self, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
+use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -212,17 +212,9 @@ impl Emitter {
         };
         loop {
             let attempt = connect_any(&self.config.urls, &mut preferred, config_for);
-            tokio::pin!(attempt);
-            let connected = tokio::select! {
-                result = &mut attempt => result,
-                _ = closed(&mut closing) => {
-                    if self.outbox.len() == 0 {
-                        break;
-                    }
-                    // Publishes wait: finish this attempt (bounded by the connect timeout) so
-                    // they still go out.
-                    attempt.await
-                }
+            let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
+            else {
+                break;
             };
             match connected {
                 Ok((transport, _)) => {
@@ -307,14 +299,7 @@ impl Emitter {
     }
 
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
-        while let Some((key, envelope)) = self.outbox.pop_batch(MAX_BATCH) {
-            if let Err(error) = transport.publish(&key, &wire::encode(&envelope)).await {
-                self.outbox.push_front(key, envelope);
-                return Err(error);
-            }
-            self.published.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        flush(&self.outbox, transport, &self.published).await
     }
 }
 
