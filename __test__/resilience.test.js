@@ -29,7 +29,7 @@ describe('resilience', () => {
       const client = await cluster.client(1);
       const seen = [];
       client.on('n', (n) => seen.push(n));
-      adapter._cluster.native.__panicOnNextMessageForTest();
+      adapter._cluster.native.__panicOnNextBroadcastForTest();
       cluster.ios[0].emit('n', 1); // dropped by the injected panic
       cluster.ios[0].emit('n', 2);
       await eventually(() => seen.includes(2), 'the message after the panic to arrive');

@@ -206,8 +206,8 @@ pub struct Node {
     runtime: OnceLock<Handle>,
     task: Mutex<Option<JoinHandle<()>>>,
     last_malformed_report: Mutex<Option<Instant>>,
-    /// A failpoint for the tests that prove a panic costs one message, not the process.
-    panic_on_next_message: AtomicBool,
+    /// A failpoint for the tests that prove a panic costs one broadcast, not the process.
+    panic_on_next_broadcast: AtomicBool,
     pub stats: Stats,
 }
 
@@ -239,7 +239,7 @@ impl Node {
             runtime: OnceLock::new(),
             task: Mutex::default(),
             last_malformed_report: Mutex::default(),
-            panic_on_next_message: AtomicBool::new(false),
+            panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
         })
     }
@@ -315,9 +315,9 @@ impl Node {
         });
     }
 
-    /// Makes the consumer panic while handling the next message (a test failpoint).
-    pub fn inject_panic_on_next_message(&self) {
-        self.panic_on_next_message.store(true, Ordering::Relaxed);
+    /// Makes the consumer panic while handling the next broadcast (a test failpoint).
+    pub fn inject_panic_on_next_broadcast(&self) {
+        self.panic_on_next_broadcast.store(true, Ordering::Relaxed);
     }
 
     /// Requests still waiting for replies or their timeout.
@@ -523,7 +523,8 @@ impl Node {
     /// A bug in handling one message must cost that message only, not its batch or the consumer.
     async fn dispatch_contained(&self, from: &str, nsp: &str, message: Message) {
         let handled = AssertUnwindSafe(async {
-            if self.panic_on_next_message.swap(false, Ordering::Relaxed) {
+            let is_broadcast = matches!(message, Message::Broadcast { .. });
+            if is_broadcast && self.panic_on_next_broadcast.swap(false, Ordering::Relaxed) {
                 panic!("panic injected by a test");
             }
             self.dispatch(from, nsp, message).await

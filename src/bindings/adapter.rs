@@ -185,10 +185,10 @@ impl NativeNode {
         panic!("panic injected by a test");
     }
 
-    /// Test failpoint: the consumer panics while handling the next message.
-    #[napi(js_name = "__panicOnNextMessageForTest", catch_unwind)]
-    pub fn panic_on_next_message_for_test(&self) {
-        self.node.inject_panic_on_next_message();
+    /// Test failpoint: the consumer panics while handling the next broadcast.
+    #[napi(js_name = "__panicOnNextBroadcastForTest", catch_unwind)]
+    pub fn panic_on_next_broadcast_for_test(&self) {
+        self.node.inject_panic_on_next_broadcast();
     }
 
     #[napi(catch_unwind)]
