@@ -20,7 +20,7 @@ export interface AmqpAdapterOptions {
   shutdownCallbackCallback?: (shutdown: () => Promise<void>) => void;
   /** How long to wait for the broker before reporting an error, in ms. Default 5000. */
   connectTimeout?: number;
-  /** Unacknowledged messages the broker may push to this server (backpressure). Default 256. */
+  /** Unacknowledged AMQP messages (each up to a batch of 256 packets) the broker may push to this server (backpressure). Default 256. */
   prefetch?: number;
   /** Publishes that may wait for the broker before new ones are dropped and counted. Default 10000. */
   publishBufferSize?: number;

@@ -41,7 +41,9 @@ describe('resilience', () => {
   });
 
   it('a blocked event loop leaves the backlog in the broker, then every message arrives', async () => {
-    const prefetch = 32;
+    // Publishes travel in batches of up to 256 packets, so the prefetch window (in AMQP messages)
+    // must be small for 3000 packets to overflow it and leave a backlog on the broker.
+    const prefetch = 2;
     const cluster = await startCluster(1);
     const slow = await forkServer(cluster.exchangeName, { prefetch, maxPendingDeliveries: 16 });
     const { io: connect } = require('socket.io-client');
