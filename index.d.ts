@@ -45,12 +45,12 @@ export interface AmqpAdapterOptions {
 
 /** Counters of one server's broker session (shared by its namespaces), since it started. */
 export interface AdapterStats {
-  /** Messages sent to the exchange. */
+  /** AMQP messages sent to the exchange (a batch of packets counts once). */
   published: number;
   /** Messages that were not sent: the oldest ones dropped from a full publish buffer, or still
    *  waiting when the adapter closed without a broker. */
   publishDropped: number;
-  /** Messages taken from this server's queue. */
+  /** AMQP messages taken from this server's queue (a batch counts once). */
   received: number;
   /** Received messages this server had sent itself. */
   ownIgnored: number;
