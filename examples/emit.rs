@@ -11,8 +11,9 @@
 //!   disconnect <room>                   io.in(room).disconnectSockets(true)
 //!   server-side-emit <event> <json-arg>...
 
-use socket_io_amqp0_native::emitter::{Emitter, EmitterConfig, EmitterEvent};
+use socket_io_amqp0_native::emitter::{Emitter, EmitterEvent};
 use socket_io_amqp0_native::packet::Arg;
+use socket_io_amqp0_native::transport::BrokerConfig;
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -23,7 +24,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let (url, exchange, nsp, command, rest) = (&args[0], &args[1], &args[2], &args[3], &args[4..]);
-    let mut config = EmitterConfig::new(url);
+    let mut config = BrokerConfig::new(url);
     config.exchange = exchange.clone();
     let emitter = Emitter::start(config, |event| {
         if let EmitterEvent::Error(message) = event {

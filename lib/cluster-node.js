@@ -19,7 +19,7 @@ class ClusterNode {
       ? null
       : new native.NativeNode(
           {
-            ...brokerSettings(options),
+            broker: brokerSettings(options),
             queuePrefix: options.queuePrefix,
             instanceName: options.instanceName,
             prefetch: options.prefetch,

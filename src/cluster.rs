@@ -19,7 +19,7 @@ use crate::membership::Peers;
 use crate::outbox::Outbox;
 use crate::requests::{Reply, Requests};
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
-use crate::transport::{namespace_key, server_key, CLUSTER_KEY};
+use crate::transport::{namespace_key, server_key, BrokerConfig, CLUSTER_KEY};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
@@ -36,27 +36,15 @@ use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Broker URLs, tried in turn (a RabbitMQ cluster); the last one that worked first.
-    pub urls: Vec<String>,
-    pub exchange: String,
+    pub broker: BrokerConfig,
     pub queue_prefix: String,
     pub instance_name: String,
-    pub connect_timeout: Duration,
-    /// Unacknowledged deliveries the broker may push before waiting (backpressure).
+    /// Unacknowledged AMQP messages the broker may push before waiting (backpressure).
     pub prefetch: u16,
-    /// Publishes that may wait for the broker; past that they are dropped and counted.
-    pub publish_buffer: usize,
     /// Work items that may wait for the host; past that the consumer stops acking.
     pub max_pending_deliveries: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
-    /// First delay before reconnecting; it doubles per failed attempt up to `reconnect_delay_max`.
-    pub reconnect_delay: Duration,
-    pub reconnect_delay_max: Duration,
-    /// Extra CA certificates (PEM) to trust for `amqps://` URLs.
-    pub tls_ca: Option<String>,
-    /// The connection name shown by the broker, when the user chose one.
-    pub connection_name: Option<String>,
 }
 
 /// One namespace served by this node.
@@ -216,7 +204,7 @@ impl Node {
         let uid = random_uid();
         let queue = format!("{}.{}.{}", config.queue_prefix, config.instance_name, uid);
         let (control, receiver) = mpsc::unbounded_channel();
-        let outbox = Outbox::new(config.publish_buffer);
+        let outbox = Outbox::new(config.broker.publish_buffer);
         Arc::new(Node {
             uid,
             queue,

@@ -92,8 +92,8 @@ impl Node {
             }
             let delay = backoff(
                 failures.max(1),
-                self.config.reconnect_delay,
-                self.config.reconnect_delay_max,
+                self.config.broker.reconnect_delay,
+                self.config.broker.reconnect_delay_max,
                 jitter_seed(),
             );
             if !self
@@ -119,32 +119,22 @@ impl Node {
         &self,
         preferred: &mut usize,
     ) -> Result<(Transport, lapin::Consumer), String> {
+        let broker = &self.config.broker;
+        let default_name = format!(
+            "socket.io-amqp0-native {} {}",
+            self.config.instance_name, self.uid
+        );
         let config_for = |url: &str| TransportConfig {
-            url: url.to_string(),
-            exchange: self.config.exchange.clone(),
             queue: Some(self.queue.clone()),
-            connection_name: self.connection_name(),
-            connect_timeout: self.config.connect_timeout,
             prefetch: self.config.prefetch,
             initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
-            tls_ca: self.config.tls_ca.clone(),
+            ..broker.transport(url, default_name.clone())
         };
-        let (transport, consumer) = connect_any(&self.config.urls, preferred, config_for).await?;
+        let (transport, consumer) = connect_any(&broker.urls, preferred, config_for).await?;
         Ok((
             transport,
             consumer.expect("a node's connection consumes its queue"),
         ))
-    }
-
-    /// The name the broker shows for this server's connection: the URL's `connection_name`
-    /// parameter when given, else one that names the instance and the uid.
-    fn connection_name(&self) -> String {
-        self.config.connection_name.clone().unwrap_or_else(|| {
-            format!(
-                "socket.io-amqp0-native {} {}",
-                self.config.instance_name, self.uid
-            )
-        })
     }
 
     /// One connected session: binds what the host wants, says hello, sends what waited during the

@@ -5,10 +5,11 @@
 //! in a bounded outbox, like the adapter's.
 //!
 //! ```no_run
-//! use socket_io_amqp0_native::emitter::{Emitter, EmitterConfig};
+//! use socket_io_amqp0_native::emitter::Emitter;
+//! use socket_io_amqp0_native::transport::BrokerConfig;
 //! use socket_io_amqp0_native::packet::Arg;
 //! # async fn run() -> Result<(), String> {
-//! let emitter = Emitter::start(EmitterConfig::new("amqp://localhost"), |_event| {});
+//! let emitter = Emitter::start(BrokerConfig::new("amqp://localhost"), |_event| {});
 //! emitter.ready().await?;
 //! emitter.of("/").to("room-1").emit("news", &[Arg::string("hello"), Arg::json("42")]);
 //! emitter.close().await;
@@ -18,7 +19,7 @@
 use crate::connection::{backoff, closed, connect_unless_closed, flush, jitter_seed};
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
-use crate::transport::{connect_any, namespace_key, Transport, TransportConfig};
+use crate::transport::{connect_any, namespace_key, BrokerConfig, Transport};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,37 +27,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-#[derive(Debug, Clone)]
-pub struct EmitterConfig {
-    /// Broker URLs, tried in turn.
-    pub urls: Vec<String>,
-    /// The adapters' exchange (`exchangeName`, default `socket.io`).
-    pub exchange: String,
-    pub connect_timeout: Duration,
-    pub reconnect_delay: Duration,
-    pub reconnect_delay_max: Duration,
-    /// Publishes that may wait to go out; when full the oldest is dropped and counted.
-    pub publish_buffer: usize,
-    pub tls_ca: Option<String>,
-    pub connection_name: Option<String>,
-}
-
-impl EmitterConfig {
-    /// The adapters' defaults for one broker URL.
-    pub fn new(url: &str) -> Self {
-        EmitterConfig {
-            urls: vec![url.to_string()],
-            exchange: "socket.io".into(),
-            connect_timeout: Duration::from_secs(5),
-            reconnect_delay: Duration::from_millis(500),
-            reconnect_delay_max: Duration::from_secs(30),
-            publish_buffer: 10_000,
-            tls_ca: None,
-            connection_name: None,
-        }
-    }
-}
 
 /// What the emitter reports about its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +47,7 @@ pub type EventSink = Arc<dyn Fn(EmitterEvent) + Send + Sync>;
 
 pub struct Emitter {
     uid: String,
-    config: EmitterConfig,
+    config: BrokerConfig,
     outbox: Outbox,
     /// Dropped by `close()`: the sink may hold what keeps a host process alive.
     on_event: Mutex<Option<EventSink>>,
@@ -95,7 +65,7 @@ impl Emitter {
     /// Starts connecting in the background (call inside a tokio runtime). `on_event` hears about
     /// connection problems; the emitter keeps retrying until [`close`](Self::close).
     pub fn start(
-        config: EmitterConfig,
+        config: BrokerConfig,
         on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
     ) -> Arc<Emitter> {
         let emitter = Arc::new(Emitter {
@@ -196,20 +166,8 @@ impl Emitter {
         let mut preferred = 0;
         let mut failures = 0u32;
         let mut ever_connected = false;
-        let config_for = |url: &str| TransportConfig {
-            url: url.to_string(),
-            exchange: self.config.exchange.clone(),
-            queue: None,
-            connection_name: self
-                .config
-                .connection_name
-                .clone()
-                .unwrap_or_else(|| format!("socket.io-amqp0-native {}", self.uid)),
-            connect_timeout: self.config.connect_timeout,
-            prefetch: 0,
-            initial_bindings: Vec::new(),
-            tls_ca: self.config.tls_ca.clone(),
-        };
+        let default_name = format!("socket.io-amqp0-native {}", self.uid);
+        let config_for = |url: &str| self.config.transport(url, default_name.clone());
         loop {
             let attempt = connect_any(&self.config.urls, &mut preferred, config_for);
             let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await

@@ -16,6 +16,55 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::time::Duration;
 
+/// How a node or an emitter reaches the broker: what the adapter and the emitter share.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Broker URLs, tried in turn (a RabbitMQ cluster); the last one that worked first.
+    pub urls: Vec<String>,
+    /// The cluster's exchange (`exchangeName`, default `socket.io`).
+    pub exchange: String,
+    pub connect_timeout: Duration,
+    /// First delay before reconnecting; it doubles per failed attempt up to `reconnect_delay_max`.
+    pub reconnect_delay: Duration,
+    pub reconnect_delay_max: Duration,
+    /// Publishes that may wait to go out; when full the oldest is dropped, counted and reported.
+    pub publish_buffer: usize,
+    /// Extra CA certificates (PEM) to trust for `amqps://` URLs.
+    pub tls_ca: Option<String>,
+    /// The connection name shown by the broker, when the user chose one.
+    pub connection_name: Option<String>,
+}
+
+impl BrokerConfig {
+    /// The adapter's defaults for one broker URL.
+    pub fn new(url: &str) -> Self {
+        BrokerConfig {
+            urls: vec![url.to_string()],
+            exchange: "socket.io".into(),
+            connect_timeout: Duration::from_secs(5),
+            reconnect_delay: Duration::from_millis(500),
+            reconnect_delay_max: Duration::from_secs(30),
+            publish_buffer: 10_000,
+            tls_ca: None,
+            connection_name: None,
+        }
+    }
+
+    /// The settings for one connection attempt to `url`.
+    pub fn transport(&self, url: &str, connection_name: String) -> TransportConfig {
+        TransportConfig {
+            url: url.to_string(),
+            exchange: self.exchange.clone(),
+            queue: None,
+            connection_name: self.connection_name.clone().unwrap_or(connection_name),
+            connect_timeout: self.connect_timeout,
+            prefetch: 0,
+            initial_bindings: Vec::new(),
+            tls_ca: self.tls_ca.clone(),
+        }
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct TransportConfig {

@@ -1,6 +1,6 @@
 //! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
-use super::{from_js_parts, to_js_parts, JsPart};
+use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
 use crate::cluster::{Drained, Namespace, Node, NodeConfig};
 use crate::room_index::RoomIndex;
 use crate::wire::{AckRequest, Message, Target, WriteFlags};
@@ -14,20 +14,13 @@ use std::time::Duration;
 /// Validated options (index.js checks types and fills defaults before calling).
 #[napi(object)]
 pub struct NodeOptions {
-    pub urls: Vec<String>,
-    pub exchange_name: String,
+    pub broker: BrokerOptions,
     pub queue_prefix: String,
     pub instance_name: String,
-    pub connect_timeout_ms: u32,
     pub prefetch: u32,
-    pub publish_buffer: u32,
     pub max_pending_deliveries: u32,
     pub heartbeat_interval_ms: u32,
     pub heartbeat_timeout_ms: u32,
-    pub reconnect_delay_ms: u32,
-    pub reconnect_delay_max_ms: u32,
-    pub tls_ca: Option<String>,
-    pub connection_name: Option<String>,
 }
 
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
@@ -112,22 +105,14 @@ impl NativeNode {
         options: NodeOptions,
         wake: ThreadsafeFunction<(), (), (), Status, false>,
     ) -> Result<Self> {
-        let ms = |value: u32| Duration::from_millis(value.into());
         let config = NodeConfig {
-            urls: options.urls,
-            exchange: options.exchange_name,
+            broker: options.broker.into(),
             queue_prefix: options.queue_prefix,
             instance_name: options.instance_name,
-            connect_timeout: ms(options.connect_timeout_ms),
             prefetch: options.prefetch.min(u16::MAX as u32) as u16,
-            publish_buffer: options.publish_buffer as usize,
             max_pending_deliveries: options.max_pending_deliveries.max(1) as usize,
-            heartbeat_interval: ms(options.heartbeat_interval_ms.max(1)),
-            heartbeat_timeout: ms(options.heartbeat_timeout_ms.max(1)),
-            reconnect_delay: ms(options.reconnect_delay_ms.max(1)),
-            reconnect_delay_max: ms(options.reconnect_delay_max_ms.max(1)),
-            tls_ca: options.tls_ca,
-            connection_name: options.connection_name,
+            heartbeat_interval: millis(options.heartbeat_interval_ms),
+            heartbeat_timeout: millis(options.heartbeat_timeout_ms),
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);

@@ -1,26 +1,13 @@
 //! `NativeEmitter`: the emitter's side of the napi surface (see `crate::emitter`).
 
-use super::{from_js_parts, JsPart};
-use crate::emitter::{Emitter, EmitterConfig, EmitterEvent};
+use super::{from_js_parts, BrokerOptions, JsPart};
+use crate::emitter::{Emitter, EmitterEvent};
 use crate::wire::{Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
-#[napi(object)]
-pub struct EmitterOptions {
-    pub urls: Vec<String>,
-    pub exchange_name: String,
-    pub connect_timeout_ms: u32,
-    pub reconnect_delay_ms: u32,
-    pub reconnect_delay_max_ms: u32,
-    pub publish_buffer: u32,
-    pub tls_ca: Option<String>,
-    pub connection_name: Option<String>,
-}
 
 #[napi(object)]
 pub struct EmitterStats {
@@ -41,18 +28,8 @@ pub struct NativeEmitter {
 #[napi]
 impl NativeEmitter {
     #[napi(constructor, catch_unwind)]
-    pub fn new(options: EmitterOptions, on_event: EventCallback) -> Result<Self> {
-        let ms = |value: u32| Duration::from_millis(value.max(1).into());
-        let config = EmitterConfig {
-            urls: options.urls,
-            exchange: options.exchange_name,
-            connect_timeout: ms(options.connect_timeout_ms),
-            reconnect_delay: ms(options.reconnect_delay_ms),
-            reconnect_delay_max: ms(options.reconnect_delay_max_ms),
-            publish_buffer: options.publish_buffer as usize,
-            tls_ca: options.tls_ca,
-            connection_name: options.connection_name,
-        };
+    pub fn new(options: BrokerOptions, on_event: EventCallback) -> Result<Self> {
+        let config = options.into();
         let sink = move |event: EmitterEvent| {
             let (kind, detail) = match event {
                 EmitterEvent::Error(message) => ("error", message),

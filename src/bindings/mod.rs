@@ -5,9 +5,45 @@
 mod adapter;
 mod emitter;
 
+use crate::transport::BrokerConfig;
 use crate::wire::PacketPart;
 use napi::bindgen_prelude::{Buffer, Either};
+use napi_derive::napi;
 use once_cell::sync::Lazy;
+use std::time::Duration;
+
+/// How to reach the broker (lib/options.js `brokerSettings`), for a node or an emitter.
+#[napi(object)]
+pub struct BrokerOptions {
+    pub urls: Vec<String>,
+    pub exchange_name: String,
+    pub connect_timeout_ms: u32,
+    pub reconnect_delay_ms: u32,
+    pub reconnect_delay_max_ms: u32,
+    pub publish_buffer: u32,
+    pub tls_ca: Option<String>,
+    pub connection_name: Option<String>,
+}
+
+impl From<BrokerOptions> for BrokerConfig {
+    fn from(options: BrokerOptions) -> Self {
+        BrokerConfig {
+            urls: options.urls,
+            exchange: options.exchange_name,
+            connect_timeout: millis(options.connect_timeout_ms),
+            reconnect_delay: millis(options.reconnect_delay_ms),
+            reconnect_delay_max: millis(options.reconnect_delay_max_ms),
+            publish_buffer: options.publish_buffer as usize,
+            tls_ca: options.tls_ca,
+            connection_name: options.connection_name,
+        }
+    }
+}
+
+/// A duration option in milliseconds; zero would mean "spin", so it becomes 1 ms.
+pub(crate) fn millis(value: u32) -> Duration {
+    Duration::from_millis(value.max(1).into())
+}
 
 /// The runtime the broker sessions of this process run on: one worker thread. The connection task,
 /// the consumer and lapin's I/O then hand work to each other inside one thread instead of waking
