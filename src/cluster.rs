@@ -19,6 +19,7 @@ use crate::membership::Peers;
 use crate::outbox::Outbox;
 use crate::requests::{Reply, Requests};
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
+use crate::throttle::Throttle;
 use crate::transport::{namespace_key, server_key, BrokerConfig, CLUSTER_KEY};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
@@ -157,7 +158,6 @@ pub(crate) enum Control {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub published: AtomicU64,
-    pub publish_dropped: AtomicU64,
     pub received: AtomicU64,
     pub own_ignored: AtomicU64,
     pub no_local_recipient: AtomicU64,
@@ -184,8 +184,6 @@ pub struct Node {
     pub(crate) outbox: Outbox,
     control: mpsc::UnboundedSender<Control>,
     pending_control: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
-    last_drop_report: Mutex<Option<Instant>>,
-    unreported_drops: AtomicU64,
     inbox: Mutex<VecDeque<Inbound>>,
     inbox_space: Notify,
     waker: Mutex<Option<Waker>>,
@@ -193,7 +191,7 @@ pub struct Node {
     pub(crate) closing: watch::Sender<bool>,
     runtime: OnceLock<Handle>,
     task: Mutex<Option<JoinHandle<()>>>,
-    last_malformed_report: Mutex<Option<Instant>>,
+    malformed_reports: Throttle,
     /// A failpoint for the tests that prove a panic costs one broadcast, not the process.
     panic_on_next_broadcast: AtomicBool,
     pub stats: Stats,
@@ -217,8 +215,6 @@ impl Node {
             outbox,
             control,
             pending_control: Mutex::new(Some(receiver)),
-            last_drop_report: Mutex::default(),
-            unreported_drops: AtomicU64::new(0),
             inbox: Mutex::default(),
             inbox_space: Notify::new(),
             waker: Mutex::new(Some(waker)),
@@ -226,7 +222,7 @@ impl Node {
             closing: watch::channel(false).0,
             runtime: OnceLock::new(),
             task: Mutex::default(),
-            last_malformed_report: Mutex::default(),
+            malformed_reports: Throttle::new(Duration::from_secs(5)),
             panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
         })
@@ -431,19 +427,8 @@ impl Node {
     }
 
     fn send(&self, key: String, nsp: &str, message: Message) {
-        if !self.outbox.push(key, self.envelope(nsp, message)) {
-            return;
-        }
-        self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-        let unreported = self.unreported_drops.fetch_add(1, Ordering::Relaxed) + 1;
-        // One report a second at most: drops come in floods during outages.
-        let mut last = self.last_drop_report.lock();
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
-            drop(last);
-            self.unreported_drops
-                .fetch_sub(unreported, Ordering::Relaxed);
-            self.push(Inbound::Ready(Drained::Dropped { count: unreported }));
+        if let Some(count) = self.outbox.push(key, self.envelope(nsp, message)) {
+            self.push(Inbound::Ready(Drained::Dropped { count }));
         }
     }
 
@@ -737,10 +722,7 @@ impl Node {
     fn on_malformed(&self, error: wire::DecodeError) {
         let count = self.stats.malformed.fetch_add(1, Ordering::Relaxed) + 1;
         // Garbage can arrive in floods; tell the user at most every few seconds.
-        let mut last = self.last_malformed_report.lock();
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
-            *last = Some(Instant::now());
-            drop(last);
+        if self.malformed_reports.due() {
             self.report(format!(
                 "dropped an incoming message ({count} so far): {error}"
             ));

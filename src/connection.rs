@@ -104,13 +104,7 @@ impl Node {
             }
         }
         // Closed while offline: what waited can no longer be sent.
-        let mut unsent = 0;
-        while self.outbox.pop().is_some() {
-            unsent += 1;
-        }
-        self.stats
-            .publish_dropped
-            .fetch_add(unsent, Ordering::Relaxed);
+        self.outbox.discard_all();
         refuse_all(&mut control, "the adapter is closed");
     }
 

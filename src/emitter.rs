@@ -22,9 +22,8 @@ use crate::packet::{self, Arg};
 use crate::transport::{connect_any, namespace_key, BrokerConfig, Transport};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -55,10 +54,7 @@ pub struct Emitter {
     first_outcome: watch::Sender<Option<Result<(), String>>>,
     closing: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
-    last_drop_report: Mutex<Option<Instant>>,
-    unreported_drops: AtomicU64,
     pub published: AtomicU64,
-    pub dropped: AtomicU64,
 }
 
 impl Emitter {
@@ -76,10 +72,7 @@ impl Emitter {
             first_outcome: watch::channel(None).0,
             closing: watch::channel(false).0,
             task: Mutex::default(),
-            last_drop_report: Mutex::default(),
-            unreported_drops: AtomicU64::new(0),
             published: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
         });
         let task = tokio::spawn(emitter.clone().run());
         *emitter.task.lock() = Some(task);
@@ -88,6 +81,11 @@ impl Emitter {
 
     pub fn uid(&self) -> &str {
         &self.uid
+    }
+
+    /// Publishes dropped: the oldest of a full outbox, or unsent when closed without a broker.
+    pub fn dropped(&self) -> u64 {
+        self.outbox.dropped()
     }
 
     /// Publishes waiting to go out (e.g. while the broker is unreachable).
@@ -128,19 +126,8 @@ impl Emitter {
             nsp: nsp.to_string(),
             message,
         };
-        if !self.outbox.push(namespace_key(nsp), envelope) {
-            return;
-        }
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        let unreported = self.unreported_drops.fetch_add(1, Ordering::Relaxed) + 1;
-        // One report a second at most: drops come in floods during outages.
-        let mut last = self.last_drop_report.lock();
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            *last = Some(Instant::now());
-            drop(last);
-            self.unreported_drops
-                .fetch_sub(unreported, Ordering::Relaxed);
-            self.report(EmitterEvent::Dropped { count: unreported });
+        if let Some(count) = self.outbox.push(namespace_key(nsp), envelope) {
+            self.report(EmitterEvent::Dropped { count });
         }
     }
 
@@ -225,9 +212,7 @@ impl Emitter {
             }
         }
         // Closed without a broker: what waited cannot be sent.
-        while self.outbox.pop().is_some() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.outbox.discard_all();
         self.first_outcome.send_if_modified(|outcome| {
             let first = outcome.is_none();
             if first {

@@ -13,6 +13,7 @@ mod outbox;
 pub mod packet;
 pub mod requests;
 pub mod room_index;
+mod throttle;
 pub mod transport;
 pub mod wire;
 

@@ -1,11 +1,15 @@
 //! Publishes waiting to go out, shared by the threads that emit (the JS thread, the consumer) and the
 //! connection task that sends them. Bounded: when it is full — the broker is away, or slower than
 //! the emitters — the oldest publish is dropped, because the newest traffic matters most to live
-//! clients. Pushing never blocks.
+//! clients. Pushing never blocks. The outbox counts what it drops and says when a report is due
+//! (at most once a second: drops come in floods during outages).
 
+use crate::throttle::Throttle;
 use crate::wire::{Envelope, Message};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The most messages one AMQP message carries (see [`Outbox::pop_batch`]).
@@ -15,6 +19,9 @@ pub(crate) struct Outbox {
     queue: Mutex<VecDeque<(String, Envelope)>>,
     ready: Notify,
     capacity: usize,
+    dropped: AtomicU64,
+    unreported_drops: AtomicU64,
+    drop_reports: Throttle,
 }
 
 impl Outbox {
@@ -23,11 +30,15 @@ impl Outbox {
             queue: Mutex::default(),
             ready: Notify::new(),
             capacity: capacity.max(1),
+            dropped: AtomicU64::new(0),
+            unreported_drops: AtomicU64::new(0),
+            drop_reports: Throttle::new(Duration::from_secs(1)),
         }
     }
 
-    /// Queues a publish for `key`; returns true when the oldest one was dropped to make room.
-    pub(crate) fn push(&self, key: String, envelope: Envelope) -> bool {
+    /// Queues a publish for `key`, dropping the oldest one when full. Returns `Some(count)` when
+    /// the drops since the last report should be reported now.
+    pub(crate) fn push(&self, key: String, envelope: Envelope) -> Option<u64> {
         let dropped = {
             let mut queue = self.queue.lock();
             let dropped = queue.len() >= self.capacity && queue.pop_front().is_some();
@@ -35,16 +46,30 @@ impl Outbox {
             dropped
         };
         self.ready.notify_one();
-        dropped
+        if !dropped {
+            return None;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.unreported_drops.fetch_add(1, Ordering::Relaxed);
+        self.drop_reports
+            .due()
+            .then(|| self.unreported_drops.swap(0, Ordering::Relaxed))
+    }
+
+    /// Everything dropped so far: by a full outbox, or discarded because it could never be sent.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Empties the outbox (closed without a broker: nothing can be sent) and counts it as dropped.
+    pub(crate) fn discard_all(&self) {
+        let discarded = std::mem::take(&mut *self.queue.lock()).len() as u64;
+        self.dropped.fetch_add(discarded, Ordering::Relaxed);
     }
 
     /// Puts back a publish that could not be sent, to go first next time.
     pub(crate) fn push_front(&self, key: String, envelope: Envelope) {
         self.queue.lock().push_front((key, envelope));
-    }
-
-    pub(crate) fn pop(&self) -> Option<(String, Envelope)> {
-        self.queue.lock().pop_front()
     }
 
     /// Pops the next publish together with the ones right behind it that go to the same routing
@@ -98,15 +123,26 @@ mod tests {
     #[test]
     fn drops_the_oldest_when_full() {
         let outbox = Outbox::new(2);
-        assert!(!outbox.push("k".into(), envelope(1)));
-        assert!(!outbox.push("k".into(), envelope(2)));
-        assert!(outbox.push("k".into(), envelope(3)));
+        assert_eq!(outbox.push("k".into(), envelope(1)), None);
+        assert_eq!(outbox.push("k".into(), envelope(2)), None);
+        assert_eq!(
+            outbox.push("k".into(), envelope(3)),
+            Some(1),
+            "the first drop is reported"
+        );
+        assert_eq!(
+            outbox.push("k".into(), envelope(4)),
+            None,
+            "the next one waits a second"
+        );
+        assert_eq!(outbox.dropped(), 2);
         assert_eq!(outbox.len(), 2);
-        assert_eq!(outbox.pop().unwrap().1.uid, "2");
+        assert_eq!(outbox.pop_batch(1).unwrap().1.uid, "3");
         outbox.push_front("k".into(), envelope(9));
-        assert_eq!(outbox.pop().unwrap().1.uid, "9");
-        assert_eq!(outbox.pop().unwrap().1.uid, "3");
-        assert!(outbox.pop().is_none());
+        assert_eq!(outbox.pop_batch(1).unwrap().1.uid, "9");
+        outbox.discard_all();
+        assert_eq!(outbox.dropped(), 3);
+        assert!(outbox.pop_batch(1).is_none());
     }
 
     #[test]

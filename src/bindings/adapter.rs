@@ -182,7 +182,7 @@ impl NativeNode {
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
         NodeStats {
             published: read(&s.published),
-            publish_dropped: read(&s.publish_dropped),
+            publish_dropped: self.node.outbox.dropped() as f64,
             received: read(&s.received),
             own_ignored: read(&s.own_ignored),
             no_local_recipient: read(&s.no_local_recipient),

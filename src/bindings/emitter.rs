@@ -65,7 +65,7 @@ impl NativeEmitter {
     pub fn stats(&self) -> EmitterStats {
         EmitterStats {
             published: self.emitter.published.load(Ordering::Relaxed) as f64,
-            dropped: self.emitter.dropped.load(Ordering::Relaxed) as f64,
+            dropped: self.emitter.dropped() as f64,
             buffered: self.emitter.buffered() as f64,
         }
     }
