@@ -36,6 +36,12 @@ export interface AmqpAdapterOptions {
   reconnectDelay?: number;
   /** Cap of the reconnect delay, in ms. Default 30000. */
   reconnectDelayMax?: number;
+  /**
+   * Bind one routing key per room with local members, so a broadcast to one room reaches only the
+   * servers with members in it (socket ids excepted). A join that creates a room then returns a
+   * promise that resolves once the broker routes the room here. Set it on every server. Default false.
+   */
+  roomRouting?: boolean;
   /** TLS settings for `amqps://` URLs. */
   tls?: {
     /** CA certificate(s), PEM, trusted in addition to the system's (e.g. a self-signed CA). */
@@ -96,6 +102,11 @@ export declare class AmqpAdapter extends Adapter {
   close(): Promise<void>;
   /** Counters of this server's broker session; `null` when the URL was unusable. */
   stats(): AdapterStats | null;
+  /**
+   * As the in-memory adapter; with `roomRouting`, a join that creates a room returns a promise
+   * that resolves (never rejects) once the broker routes the room to this server.
+   */
+  addAll(id: SocketId, rooms: Set<Room>): Promise<void> | void;
   on(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
   on(event: 'reconnect', listener: (attempts: number) => void): this;
   on(event: 'dropped', listener: (count: number) => void): this;

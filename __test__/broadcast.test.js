@@ -4,136 +4,140 @@ const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { startCluster, waitFor, record, barrier } = require('./helpers');
 
-describe('broadcasts across three servers', () => {
-  let cluster;
-  let clients; // one per server, plus a second on server 0
-  before(async () => {
-    cluster = await startCluster(3);
-    clients = [await cluster.client(0), await cluster.client(1), await cluster.client(2), await cluster.client(0)];
-  });
-  after(() => cluster.close());
+// Joins are awaited: with roomRouting, a join that creates a room resolves once the broker routes
+// the room to its server (without it, join() returns nothing and await changes nothing).
+for (const roomRouting of [false, true]) {
+  describe(`broadcasts across three servers${roomRouting ? ' (roomRouting)' : ''}`, () => {
+    let cluster;
+    let clients; // one per server, plus a second on server 0
+    before(async () => {
+      cluster = await startCluster(3, { adapterOptions: { roomRouting } });
+      clients = [await cluster.client(0), await cluster.client(1), await cluster.client(2), await cluster.client(0)];
+    });
+    after(() => cluster.close());
 
-  // Every client records `event`; `act` emits; a barrier from `origin` to each client proves that
-  // whatever was going to arrive has arrived. Returns the received argument lists per client.
-  async function deliveries(event, act, origin = 0) {
-    const seen = clients.map((c) => record(c, event));
-    await act();
-    for (const client of clients) await barrier(cluster.ios[origin], client);
-    for (const client of clients) client.off(event);
-    return seen;
-  }
-
-  const counts = (seen) => seen.map((s) => s.length);
-
-  it('io.emit reaches every client of every server once', async () => {
-    const seen = await deliveries('all', () => cluster.ios[1].emit('all', 'hi', 42));
-    assert.deepEqual(counts(seen), [1, 1, 1, 1]);
-    assert.deepEqual(seen[2][0], ['hi', 42]);
-  });
-
-  it('io.to(room) reaches the members on other servers only', async () => {
-    const [a, b, c] = cluster.ios;
-    b.of('/').sockets.get(clients[1].id).join('room-x');
-    c.of('/').sockets.get(clients[2].id).join('room-x');
-    const seen = await deliveries('to-room', () => a.to('room-x').emit('to-room', 'x'));
-    assert.deepEqual(counts(seen), [0, 1, 1, 0]);
-  });
-
-  it('io.to([r1, r2]) delivers once to a socket in both rooms', async () => {
-    const sockets = cluster.ios.map((io, i) => io.of('/').sockets.get(clients[i].id));
-    sockets[1].join(['r1', 'r2']);
-    sockets[2].join('r2');
-    const seen = await deliveries('multi', () => cluster.ios[0].to(['r1', 'r2']).emit('multi'));
-    assert.deepEqual(counts(seen), [0, 1, 1, 0]);
-  });
-
-  it('io.except(room) skips the room on every server', async () => {
-    cluster.ios[2].of('/').sockets.get(clients[2].id).join('muted');
-    cluster.ios[0].of('/').sockets.get(clients[3].id).join('muted');
-    const seen = await deliveries('except', () => cluster.ios[1].except('muted').emit('except'), 1);
-    assert.deepEqual(counts(seen), [1, 1, 0, 0]);
-  });
-
-  it('socket.broadcast.emit reaches everyone but the sender', async () => {
-    const sender = cluster.ios[0].of('/').sockets.get(clients[0].id);
-    const seen = await deliveries('bcast', () => sender.broadcast.emit('bcast', 'from-0'));
-    assert.deepEqual(counts(seen), [0, 1, 1, 1]);
-  });
-
-  it('socket.to(room).emit reaches the room except the sender', async () => {
-    const sockets = cluster.ios.map((io, i) => io.of('/').sockets.get(clients[i].id));
-    for (const s of sockets) s.join('team');
-    const seen = await deliveries('team', () => sockets[0].to('team').emit('team'));
-    assert.deepEqual(counts(seen), [0, 1, 1, 0]);
-  });
-
-  it('io.to(socketId) reaches that socket on its server', async () => {
-    const seen = await deliveries('direct', () => cluster.ios[0].to(clients[2].id).emit('direct', 'only you'));
-    assert.deepEqual(counts(seen), [0, 0, 1, 0]);
-    assert.deepEqual(seen[2][0], ['only you']);
-  });
-
-  it('the local flag keeps a broadcast on its own server', async () => {
-    const seen = await deliveries('local', () => cluster.ios[0].local.emit('local'));
-    assert.deepEqual(counts(seen), [1, 0, 0, 1]);
-  });
-
-  it('volatile and compress flags reach the remote engine writes', async () => {
-    const remote = cluster.ios[1].of('/').sockets.get(clients[1].id);
-    const writes = [];
-    const original = remote.client.writeToEngine;
-    remote.client.writeToEngine = function (encoded, opts) {
-      writes.push(opts);
-      return original.call(this, encoded, opts);
-    };
-    try {
-      const seen = await deliveries('flagged', async () => {
-        cluster.ios[0].volatile.emit('flagged', 'v');
-        cluster.ios[0].compress(false).emit('flagged', 'c');
-      });
-      assert.deepEqual(seen[1], [['v'], ['c']]);
-    } finally {
-      remote.client.writeToEngine = original;
+    // Every client records `event`; `act` emits; a barrier from `origin` to each client proves that
+    // whatever was going to arrive has arrived. Returns the received argument lists per client.
+    async function deliveries(event, act, origin = 0) {
+      const seen = clients.map((c) => record(c, event));
+      await act();
+      for (const client of clients) await barrier(cluster.ios[origin], client);
+      for (const client of clients) client.off(event);
+      return seen;
     }
-    const flagged = writes.slice(0, 2);
-    assert.equal(flagged[0].volatile, true);
-    assert.notEqual(flagged[0].compress, false);
-    assert.equal(flagged[1].compress, false);
-    assert.ok(!flagged[1].volatile);
-  });
 
-  it('binary payloads, nested and large, arrive as Buffers', async () => {
-    const large = Buffer.alloc(2 * 1024 * 1024);
-    for (let i = 0; i < large.length; i++) large[i] = i % 251;
-    const payload = { list: [Buffer.from([0, 1, 255]), { deep: Buffer.from('hello') }], large };
-    const [args] = await Promise.all([
-      waitFor(clients[2], 'bin', 'the binary broadcast on server 2'),
-      cluster.ios[0].emit('bin', payload, Buffer.from([9])),
-    ]);
-    const [received, tail] = args;
-    assert.ok(Buffer.isBuffer(received.list[0]), 'nested Buffer stays a Buffer');
-    assert.deepEqual([...received.list[0]], [0, 1, 255]);
-    assert.equal(received.list[1].deep.toString(), 'hello');
-    assert.ok(received.large.equals(large), 'the 2 MiB Buffer arrives byte for byte');
-    assert.deepEqual([...tail], [9]);
-  });
+    const counts = (seen) => seen.map((s) => s.length);
 
-  it('onAnyOutgoing fires for packets that came from another server', async () => {
-    const remote = cluster.ios[2].of('/').sockets.get(clients[2].id);
-    const outgoing = [];
-    const listener = (...args) => outgoing.push(args);
-    remote.onAnyOutgoing(listener);
-    try {
-      await deliveries('watched', () => cluster.ios[0].emit('watched', { n: 1 }, Buffer.from('b')));
-    } finally {
-      remote.offAnyOutgoing(listener);
-    }
-    const watched = outgoing.filter(([event]) => event === 'watched');
-    assert.equal(watched.length, 1);
-    assert.deepEqual(watched[0][1], { n: 1 });
-    assert.ok(Buffer.isBuffer(watched[0][2]));
+    it('io.emit reaches every client of every server once', async () => {
+      const seen = await deliveries('all', () => cluster.ios[1].emit('all', 'hi', 42));
+      assert.deepEqual(counts(seen), [1, 1, 1, 1]);
+      assert.deepEqual(seen[2][0], ['hi', 42]);
+    });
+
+    it('io.to(room) reaches the members on other servers only', async () => {
+      const [a, b, c] = cluster.ios;
+      await b.of('/').sockets.get(clients[1].id).join('room-x');
+      await c.of('/').sockets.get(clients[2].id).join('room-x');
+      const seen = await deliveries('to-room', () => a.to('room-x').emit('to-room', 'x'));
+      assert.deepEqual(counts(seen), [0, 1, 1, 0]);
+    });
+
+    it('io.to([r1, r2]) delivers once to a socket in both rooms', async () => {
+      const sockets = cluster.ios.map((io, i) => io.of('/').sockets.get(clients[i].id));
+      await sockets[1].join(['r1', 'r2']);
+      await sockets[2].join('r2');
+      const seen = await deliveries('multi', () => cluster.ios[0].to(['r1', 'r2']).emit('multi'));
+      assert.deepEqual(counts(seen), [0, 1, 1, 0]);
+    });
+
+    it('io.except(room) skips the room on every server', async () => {
+      await cluster.ios[2].of('/').sockets.get(clients[2].id).join('muted');
+      await cluster.ios[0].of('/').sockets.get(clients[3].id).join('muted');
+      const seen = await deliveries('except', () => cluster.ios[1].except('muted').emit('except'), 1);
+      assert.deepEqual(counts(seen), [1, 1, 0, 0]);
+    });
+
+    it('socket.broadcast.emit reaches everyone but the sender', async () => {
+      const sender = cluster.ios[0].of('/').sockets.get(clients[0].id);
+      const seen = await deliveries('bcast', () => sender.broadcast.emit('bcast', 'from-0'));
+      assert.deepEqual(counts(seen), [0, 1, 1, 1]);
+    });
+
+    it('socket.to(room).emit reaches the room except the sender', async () => {
+      const sockets = cluster.ios.map((io, i) => io.of('/').sockets.get(clients[i].id));
+      for (const s of sockets) await s.join('team');
+      const seen = await deliveries('team', () => sockets[0].to('team').emit('team'));
+      assert.deepEqual(counts(seen), [0, 1, 1, 0]);
+    });
+
+    it('io.to(socketId) reaches that socket on its server', async () => {
+      const seen = await deliveries('direct', () => cluster.ios[0].to(clients[2].id).emit('direct', 'only you'));
+      assert.deepEqual(counts(seen), [0, 0, 1, 0]);
+      assert.deepEqual(seen[2][0], ['only you']);
+    });
+
+    it('the local flag keeps a broadcast on its own server', async () => {
+      const seen = await deliveries('local', () => cluster.ios[0].local.emit('local'));
+      assert.deepEqual(counts(seen), [1, 0, 0, 1]);
+    });
+
+    it('volatile and compress flags reach the remote engine writes', async () => {
+      const remote = cluster.ios[1].of('/').sockets.get(clients[1].id);
+      const writes = [];
+      const original = remote.client.writeToEngine;
+      remote.client.writeToEngine = function (encoded, opts) {
+        writes.push(opts);
+        return original.call(this, encoded, opts);
+      };
+      try {
+        const seen = await deliveries('flagged', async () => {
+          cluster.ios[0].volatile.emit('flagged', 'v');
+          cluster.ios[0].compress(false).emit('flagged', 'c');
+        });
+        assert.deepEqual(seen[1], [['v'], ['c']]);
+      } finally {
+        remote.client.writeToEngine = original;
+      }
+      const flagged = writes.slice(0, 2);
+      assert.equal(flagged[0].volatile, true);
+      assert.notEqual(flagged[0].compress, false);
+      assert.equal(flagged[1].compress, false);
+      assert.ok(!flagged[1].volatile);
+    });
+
+    it('binary payloads, nested and large, arrive as Buffers', async () => {
+      const large = Buffer.alloc(2 * 1024 * 1024);
+      for (let i = 0; i < large.length; i++) large[i] = i % 251;
+      const payload = { list: [Buffer.from([0, 1, 255]), { deep: Buffer.from('hello') }], large };
+      const [args] = await Promise.all([
+        waitFor(clients[2], 'bin', 'the binary broadcast on server 2'),
+        cluster.ios[0].emit('bin', payload, Buffer.from([9])),
+      ]);
+      const [received, tail] = args;
+      assert.ok(Buffer.isBuffer(received.list[0]), 'nested Buffer stays a Buffer');
+      assert.deepEqual([...received.list[0]], [0, 1, 255]);
+      assert.equal(received.list[1].deep.toString(), 'hello');
+      assert.ok(received.large.equals(large), 'the 2 MiB Buffer arrives byte for byte');
+      assert.deepEqual([...tail], [9]);
+    });
+
+    it('onAnyOutgoing fires for packets that came from another server', async () => {
+      const remote = cluster.ios[2].of('/').sockets.get(clients[2].id);
+      const outgoing = [];
+      const listener = (...args) => outgoing.push(args);
+      remote.onAnyOutgoing(listener);
+      try {
+        await deliveries('watched', () => cluster.ios[0].emit('watched', { n: 1 }, Buffer.from('b')));
+      } finally {
+        remote.offAnyOutgoing(listener);
+      }
+      const watched = outgoing.filter(([event]) => event === 'watched');
+      assert.equal(watched.length, 1);
+      assert.deepEqual(watched[0][1], { n: 1 });
+      assert.ok(Buffer.isBuffer(watched[0][2]));
+    });
   });
-});
+}
 
 describe('namespaces', () => {
   let cluster;

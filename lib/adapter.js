@@ -65,15 +65,23 @@ class AmqpAdapter extends Adapter {
 
   // ---- the local index -------------------------------------------------------------------
 
+  // With roomRouting, a join that creates a room returns a promise (which `socket.join()` passes
+  // on) that resolves once the broker routes the room's broadcasts to this server. It never rejects:
+  // socket.io does not await its own joins.
   addAll(id, rooms) {
     const list = Array.from(rooms);
     const result = this._native.addAll(id, list);
     this._slotIds[result[0]] = id;
+    let created = false;
     for (let i = 0; i < list.length; i++) {
       const change = result[i + 1];
-      if (change & ROOM_CREATED) this.emit('create-room', list[i]);
+      if (change & ROOM_CREATED) {
+        created = true;
+        this.emit('create-room', list[i]);
+      }
       if (change & SOCKET_JOINED) this.emit('join-room', list[i], id);
     }
+    if (created && this._options.roomRouting) return this._native.roomsBound();
   }
 
   del(id, room) {
@@ -113,6 +121,7 @@ class AmqpAdapter extends Adapter {
       flags.compress === undefined ? undefined : Boolean(flags.compress),
       Boolean(flags.local),
     );
+    if (!flags.local) this._cluster.sendSoon();
     this._write(slots, encoded, writeOptions(flags), () => packet);
   }
 
@@ -129,6 +138,7 @@ class AmqpAdapter extends Adapter {
         flags.compress === undefined ? undefined : Boolean(flags.compress),
         flags.timeout ?? this._options.requestsTimeout,
       );
+      this._cluster.sendSoon();
       if (requestId) {
         this._cluster.track(requestId, {
           onReply: (item) => {
@@ -148,6 +158,7 @@ class AmqpAdapter extends Adapter {
     if (opts.flags?.local) return local;
     const timeout = opts.flags?.timeout || this._options.requestsTimeout;
     const { requestId, expected } = this._native.fetchSockets(listOf(opts.rooms), listOf(opts.except), timeout);
+    this._cluster.sendSoon();
     if (expected === 0) return local;
     return new Promise((resolve, reject) => {
       const found = local;
@@ -164,18 +175,27 @@ class AmqpAdapter extends Adapter {
 
   addSockets(opts, rooms) {
     const list = Array.from(rooms);
-    if (!opts.flags?.local) this._native.socketsJoin(listOf(opts.rooms), listOf(opts.except), list);
+    if (!opts.flags?.local) {
+      this._native.socketsJoin(listOf(opts.rooms), listOf(opts.except), list);
+      this._cluster.sendSoon();
+    }
     for (const socket of this._localSockets(opts)) socket.join(list);
   }
 
   delSockets(opts, rooms) {
     const list = Array.from(rooms);
-    if (!opts.flags?.local) this._native.socketsLeave(listOf(opts.rooms), listOf(opts.except), list);
+    if (!opts.flags?.local) {
+      this._native.socketsLeave(listOf(opts.rooms), listOf(opts.except), list);
+      this._cluster.sendSoon();
+    }
     for (const socket of this._localSockets(opts)) for (const room of list) socket.leave(room);
   }
 
   disconnectSockets(opts, close) {
-    if (!opts.flags?.local) this._native.disconnectSockets(listOf(opts.rooms), listOf(opts.except), Boolean(close));
+    if (!opts.flags?.local) {
+      this._native.disconnectSockets(listOf(opts.rooms), listOf(opts.except), Boolean(close));
+      this._cluster.sendSoon();
+    }
     for (const socket of this._localSockets(opts)) socket.disconnect(close);
   }
 
@@ -184,6 +204,7 @@ class AmqpAdapter extends Adapter {
     const ack = withAck ? packet.pop() : null;
     const args = encodeValue(packet);
     const { requestId, expected } = this._native.serverSideEmit(args, withAck, this._options.requestsTimeout);
+    this._cluster.sendSoon();
     if (!withAck) return;
     if (expected === 0) {
       queueMicrotask(() => ack(null, []));
@@ -240,9 +261,13 @@ class AmqpAdapter extends Adapter {
   _deliverRemoteWithAck(item) {
     const { from, requestId } = item;
     const packet = this._decodePacket(item.packet);
-    const reply = (arg) => this._native.replyAck(from, requestId, encodeValue(arg));
+    const reply = (arg) => {
+      this._native.replyAck(from, requestId, encodeValue(arg));
+      this._cluster.sendSoon();
+    };
     const count = this._sendWithAck(item.slots, packet, remoteWriteOptions(item), reply, item.timeoutMs);
     this._native.replyClientCount(from, requestId, count);
+    this._cluster.sendSoon();
   }
 
   _emitRemoteRoomChanges(item) {
@@ -265,6 +290,7 @@ class AmqpAdapter extends Adapter {
       return { id: socket.id, handshake, rooms: [...socket.rooms], data: socket.data };
     });
     this._native.replyFetch(item.from, item.requestId, sockets.length ? encodeValue(sockets) : []);
+    this._cluster.sendSoon();
   }
 
   _onServerSideEmit(item) {
@@ -278,6 +304,7 @@ class AmqpAdapter extends Adapter {
       if (answered) return; // one reply per server, as Socket.IO's cluster adapter
       answered = true;
       this._native.replyServerSideEmit(item.from, item.requestId, encodeValue(arg));
+      this._cluster.sendSoon();
     };
     this.nsp._onServerSideEmit([...args, reply]);
   }

@@ -26,10 +26,24 @@ class ClusterNode {
             maxPendingDeliveries: options.maxPendingDeliveries,
             heartbeatIntervalMs: options.heartbeatInterval,
             heartbeatTimeoutMs: options.heartbeatTimeout,
+            roomRouting: options.roomRouting,
           },
           () => this._onWake(),
         );
     this.closing = null;
+    this._sendScheduled = false;
+    this._sendQueued = () => {
+      this._sendScheduled = false;
+      this.native.sendQueued();
+    };
+  }
+
+  // Native calls that publish only queue; the queue leaves at the end of the current JS turn, so
+  // a turn that emits many packets wakes the broker thread once instead of once per packet.
+  sendSoon() {
+    if (this._sendScheduled || !this.native) return;
+    this._sendScheduled = true;
+    queueMicrotask(this._sendQueued);
   }
 
   get uid() {

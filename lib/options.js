@@ -17,6 +17,7 @@ const DEFAULTS = Object.freeze({
   heartbeatTimeout: 10000,
   reconnectDelay: 500,
   reconnectDelayMax: 30000,
+  roomRouting: false,
 });
 
 const STRINGS = ['exchangeName', 'queuePrefix', 'instanceName'];
@@ -46,6 +47,7 @@ const KINDS = {
       'requestsTimeout',
       'heartbeatInterval',
       'heartbeatTimeout',
+      'roomRouting',
     ]),
   },
   // queuePrefix and instanceName are accepted so one options object can serve the adapter and the
@@ -90,8 +92,9 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   }
   if ('sidRoomRouting' in options) {
     fail(
-      'the sidRoomRouting option of socket.io-amqp0 is not needed: messages to a socket id reach ' +
-        'only the server that holds the socket. Remove the option.',
+      'the sidRoomRouting option of socket.io-amqp0 is not supported: servers that do not hold the ' +
+        'socket drop a message to a socket id without waking their event loop (per-room bindings for ' +
+        'named rooms are the roomRouting option). Remove the option.',
     );
   }
   for (const key of Object.keys(options)) {
@@ -109,6 +112,7 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   for (const key of ['readyCallback', 'shutdownCallbackCallback']) {
     if (options[key] !== undefined && typeof options[key] !== 'function') fail(`${key} must be a function`);
   }
+  if (options.roomRouting !== undefined && typeof options.roomRouting !== 'boolean') fail('roomRouting must be a boolean');
   for (const [key, [min, max]] of Object.entries(COUNTS)) {
     const value = options[key];
     if (value !== undefined && (!Number.isInteger(value) || value < min || value > max)) {

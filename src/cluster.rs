@@ -18,9 +18,10 @@ use crate::connection::panic_text;
 use crate::membership::Peers;
 use crate::outbox::Outbox;
 use crate::requests::{Reply, Requests};
+use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
 use crate::throttle::Throttle;
-use crate::transport::{namespace_key, server_key, BrokerConfig, CLUSTER_KEY};
+use crate::transport::{namespace_key, room_key, server_key, BrokerConfig, CLUSTER_KEY};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
@@ -46,6 +47,9 @@ pub struct NodeConfig {
     pub max_pending_deliveries: usize,
     pub heartbeat_interval: Duration,
     pub heartbeat_timeout: Duration,
+    /// Bind a key per room with local members and send single-room broadcasts by room (see
+    /// `room_bindings.rs`).
+    pub room_routing: bool,
 }
 
 /// One namespace served by this node.
@@ -180,6 +184,8 @@ pub struct Node {
     /// Namespaces bound in the current session: what heartbeats announce.
     pub(crate) bound: Mutex<BTreeSet<String>>,
     pub(crate) peers: Mutex<Peers>,
+    /// Room routing's state (unused without it).
+    pub(crate) rooms: RoomBindings,
     requests: Mutex<Requests>,
     pub(crate) outbox: Outbox,
     control: mpsc::UnboundedSender<Control>,
@@ -211,6 +217,7 @@ impl Node {
             wanted: Mutex::default(),
             bound: Mutex::default(),
             peers: Mutex::default(),
+            rooms: RoomBindings::default(),
             requests: Mutex::default(),
             outbox,
             control,
@@ -294,9 +301,46 @@ impl Node {
     /// Stops receiving the namespace's messages and forgets its rooms.
     pub fn release_namespace(&self, name: &str) {
         self.namespaces.write().remove(name);
+        let bound = self.rooms.bound_in(name);
+        self.rooms.mark(name, bound.iter().map(String::as_str));
         let _ = self.control.send(Control::Unbind {
             nsp: name.to_string(),
         });
+    }
+
+    /// Rooms of `nsp` were created or deleted on this server: with room routing, their keys are
+    /// bound or unbound soon after (see [`rooms_bound`](Self::rooms_bound)).
+    pub fn rooms_changed<'a>(&self, nsp: &str, rooms: impl IntoIterator<Item = &'a str>) {
+        if self.config.room_routing {
+            self.rooms.mark(nsp, rooms);
+        }
+    }
+
+    /// Resolves once the room bindings changed before the call are in place at the broker (at
+    /// once without room routing, or without a connection).
+    pub async fn rooms_bound(&self) {
+        if self.config.room_routing {
+            self.rooms.settled().await;
+        }
+    }
+
+    /// Whether `room` of `nsp` has local members (so its key should be bound).
+    pub(crate) fn has_room(&self, nsp: &str, room: &str) -> bool {
+        let namespaces = self.namespaces.read();
+        namespaces
+            .get(nsp)
+            .is_some_and(|ns| ns.index.lock().has_room(room))
+    }
+
+    /// Every (namespace, room) with local members.
+    pub(crate) fn all_rooms(&self) -> Vec<(String, String)> {
+        let namespaces = self.namespaces.read();
+        let mut all = Vec::new();
+        for ns in namespaces.values() {
+            let index = ns.index.lock();
+            all.extend(index.room_names().map(|r| (ns.name.clone(), r.to_string())));
+        }
+        all
     }
 
     /// Makes the consumer panic while handling the next broadcast (a test failpoint).
@@ -314,15 +358,52 @@ impl Node {
         1 + self.peers.lock().serving_count(nsp)
     }
 
-    /// Queues a message for every server of the namespace. Never blocks: with the outbox full the
+    /// Queues a message for every server of the namespace (with room routing, a plain broadcast to
+    /// one room only for the servers with members in it). Never blocks: with the outbox full the
     /// oldest waiting message is dropped, counted and reported.
+    ///
+    /// The host's publishes (this, [`reply`](Self::reply), the requests) wait in the outbox until
+    /// the host calls [`send_queued`](Self::send_queued): everything one JS turn emits leaves in
+    /// one hand-off to the connection task.
     pub fn publish(&self, nsp: &str, message: Message) {
-        self.send(namespace_key(nsp), nsp, message);
+        let key = self
+            .room_routing_key(nsp, &message)
+            .unwrap_or_else(|| namespace_key(nsp));
+        self.queue(key, nsp, message);
     }
 
-    /// Queues a reply to one server's request.
+    /// Wakes the connection task for the publishes the host queued.
+    pub fn send_queued(&self) {
+        self.outbox.wake();
+    }
+
+    /// The room key for a broadcast to exactly one room, when every server of the namespace binds
+    /// room keys. Not for ack broadcasts (every server must answer with its count), nor for a room
+    /// a `socketsJoin` just named (the servers joining sockets to it may not have bound it yet).
+    fn room_routing_key(&self, nsp: &str, message: &Message) -> Option<String> {
+        if !self.config.room_routing {
+            return None;
+        }
+        match message {
+            Message::SocketsJoin { rooms, .. } => {
+                self.rooms.joined_by_request(nsp, rooms, Instant::now());
+                None
+            }
+            Message::Broadcast {
+                target, ack: None, ..
+            } if target.rooms.len() == 1 => {
+                let room = &target.rooms[0];
+                let routable = self.rooms.routable(nsp, room, Instant::now())
+                    && self.peers.lock().all_route_rooms(nsp);
+                routable.then(|| room_key(nsp, room)).flatten()
+            }
+            _ => None,
+        }
+    }
+
+    /// Queues a reply to one server's request (sent by [`send_queued`](Self::send_queued)).
     pub fn reply(&self, to: &str, nsp: &str, message: Message) {
-        self.send(server_key(to), nsp, message);
+        self.queue(server_key(to), nsp, message);
     }
 
     /// Opens a request to every other server serving `nsp` and publishes it (`make` receives the
@@ -426,9 +507,34 @@ impl Node {
         self.waker.lock().take();
     }
 
+    /// Queues a publish and wakes the connection task (for what Rust sends by itself).
     fn send(&self, key: String, nsp: &str, message: Message) {
         if let Some(count) = self.outbox.push(key, self.envelope(nsp, message)) {
             self.push(Inbound::Ready(Drained::Dropped { count }));
+        }
+    }
+
+    /// Queues a publish for the host's next [`send_queued`](Self::send_queued).
+    fn queue(&self, key: String, nsp: &str, message: Message) {
+        if let Some(count) = self.outbox.push_quietly(key, self.envelope(nsp, message)) {
+            self.push(Inbound::Ready(Drained::Dropped { count }));
+        }
+    }
+
+    /// A hello or heartbeat: the namespaces this server serves, and whether it binds its rooms.
+    pub(crate) fn announcement(&self, hello: bool) -> Message {
+        let namespaces = self.bound.lock().iter().cloned().collect();
+        let room_routing = self.config.room_routing;
+        if hello {
+            Message::Hello {
+                namespaces,
+                room_routing,
+            }
+        } else {
+            Message::Heartbeat {
+                namespaces,
+                room_routing,
+            }
         }
     }
 
@@ -516,19 +622,26 @@ impl Node {
     async fn dispatch(&self, from: &str, nsp: &str, message: Message) {
         let now = Instant::now();
         match message {
-            Message::Hello { namespaces } => {
-                self.peers.lock().update(from, namespaces, now);
+            Message::Hello {
+                namespaces,
+                room_routing,
+            } => {
+                self.peers
+                    .lock()
+                    .update(from, namespaces, room_routing, now);
                 // Answer so the newcomer counts this server without waiting for a heartbeat.
-                let namespaces = self.bound.lock().iter().cloned().collect();
-                self.send(
-                    CLUSTER_KEY.to_string(),
-                    "",
-                    Message::Heartbeat { namespaces },
-                );
+                let heartbeat = self.announcement(false);
+                self.send(CLUSTER_KEY.to_string(), "", heartbeat);
                 return;
             }
-            Message::Heartbeat { namespaces } => {
-                return self.peers.lock().update(from, namespaces, now);
+            Message::Heartbeat {
+                namespaces,
+                room_routing,
+            } => {
+                return self
+                    .peers
+                    .lock()
+                    .update(from, namespaces, room_routing, now);
             }
             Message::Goodbye => {
                 self.peers.lock().remove(from);
@@ -561,7 +674,7 @@ impl Node {
                             request_id: ack.request_id,
                             count: 0,
                         };
-                        self.reply(from, nsp, count);
+                        self.send(server_key(from), nsp, count);
                     }
                     return;
                 }
@@ -569,6 +682,9 @@ impl Node {
                 self.push_targeted(ns, target, from.to_string(), work).await;
             }
             Message::SocketsJoin { target, rooms } => {
+                if self.config.room_routing {
+                    self.rooms.joined_by_request(nsp, &rooms, now);
+                }
                 self.apply_membership(&ns, &target, &rooms, true).await
             }
             Message::SocketsLeave { target, rooms } => {
@@ -593,7 +709,7 @@ impl Node {
                         request_id,
                         sockets: Vec::new(),
                     };
-                    return self.reply(from, nsp, empty);
+                    return self.send(server_key(from), nsp, empty);
                 }
                 let work = TargetedWork::Fetch { request_id };
                 self.push_targeted(ns, target, from.to_string(), work).await;
@@ -659,6 +775,9 @@ impl Node {
                 }
             }
         }
+        let room_bit = if join { ROOM_CREATED } else { ROOM_DELETED };
+        let created_or_deleted = changes.iter().filter(|c| c.change & room_bit != 0);
+        self.rooms_changed(&ns.name, created_or_deleted.map(|c| c.room.as_str()));
         if changes.is_empty() {
             self.stats
                 .no_local_recipient

@@ -5,8 +5,9 @@
 
 use crate::cluster::{Control, Drained, Inbound, Node};
 use crate::outbox::{Outbox, MAX_BATCH};
+use crate::room_bindings::RoomRef;
 use crate::transport::{
-    connect_any, namespace_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
+    connect_any, namespace_key, room_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
 };
 use crate::wire::{self, Envelope, Message};
 use futures_lite::{FutureExt, StreamExt};
@@ -66,6 +67,7 @@ impl Node {
                         .await;
                     match end {
                         SessionEnd::Closed => {
+                            self.rooms.session_ended();
                             // Whatever was emitted before close() still goes out, then the others
                             // stop counting this server.
                             let _ = self.flush(&transport).await;
@@ -151,6 +153,15 @@ impl Node {
             }
             self.bound.lock().insert(nsp);
         }
+        if self.config.room_routing {
+            let generation = self.rooms.session_started();
+            if let Err(error) = self
+                .sync_rooms(transport, self.all_rooms(), generation)
+                .await
+            {
+                return SessionEnd::Lost(error);
+            }
+        }
         if let Err(error) = self.announce(transport, true).await {
             return SessionEnd::Lost(error);
         }
@@ -172,6 +183,10 @@ impl Node {
                 reason = &mut lost => return SessionEnd::Lost(reason.unwrap_or_default()),
                 Some(command) = control.recv() => self.execute(transport, command).await,
                 _ = self.outbox.wait() => Ok(()),
+                _ = self.rooms.changed() => {
+                    let (rooms, generation) = self.rooms.take_dirty();
+                    self.sync_rooms(transport, rooms, generation).await
+                }
                 _ = heartbeat.tick() => self.announce(transport, false).await,
                 _ = sweep.tick() => {
                     self.forget_silent_peers();
@@ -187,6 +202,39 @@ impl Node {
 
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
         flush(&self.outbox, transport, &self.stats.published).await
+    }
+
+    /// Room routing: binds the keys of the rooms among `rooms` that have local members and are
+    /// not bound, unbinds those bound without members any more; then everything up to
+    /// `generation` is in place.
+    async fn sync_rooms(
+        &self,
+        transport: &Transport,
+        rooms: Vec<RoomRef>,
+        generation: u64,
+    ) -> Result<(), String> {
+        let changes: Vec<(RoomRef, String, bool)> = rooms
+            .into_iter()
+            .filter_map(|room| {
+                let key = room_key(&room.0, &room.1)?;
+                let wanted = self.has_room(&room.0, &room.1);
+                (wanted != self.rooms.is_bound(&room)).then_some((room, key, wanted))
+            })
+            .collect();
+        // In slices, so a session start with many rooms does not put them all in flight at once.
+        for slice in changes.chunks(512) {
+            let keys: Vec<(String, bool)> = slice
+                .iter()
+                .map(|(_, key, bind)| (key.clone(), *bind))
+                .collect();
+            transport.rebind(&keys).await?;
+        }
+        let applied = changes
+            .into_iter()
+            .map(|(room, _, bind)| (room, bind))
+            .collect();
+        self.rooms.applied(applied, generation);
+        Ok(())
     }
 
     async fn execute(&self, transport: &Transport, command: Control) -> Result<(), String> {
@@ -247,6 +295,7 @@ impl Node {
 
     fn on_connection_lost(&self, reason: String) {
         self.bound.lock().clear();
+        self.rooms.session_ended();
         // Unreachable servers cannot answer: stop counting them and stop waiting for them.
         // Their heartbeats re-register them after the reconnect.
         let peers = self.peers.lock().clear();
@@ -258,13 +307,7 @@ impl Node {
 
     /// Tells every server which namespaces this one serves (`hello` asks them to answer).
     async fn announce(&self, transport: &Transport, hello: bool) -> Result<(), String> {
-        let namespaces = self.bound.lock().iter().cloned().collect();
-        let message = if hello {
-            Message::Hello { namespaces }
-        } else {
-            Message::Heartbeat { namespaces }
-        };
-        let envelope = self.envelope("", message);
+        let envelope = self.envelope("", self.announcement(hello));
         self.publish_counted(transport, CLUSTER_KEY, &envelope)
             .await
     }
@@ -359,21 +402,54 @@ pub(crate) async fn connect_unless_closed<T>(
     }
 }
 
-/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`. A
-/// publish that fails goes back to the front of the outbox.
+/// AMQP messages handed to lapin together (see [`flush`]).
+const PUBLISHES_IN_FLIGHT: usize = 64;
+
+/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`.
+/// Up to [`PUBLISHES_IN_FLIGHT`] messages go to lapin at once (messages to different rooms cannot
+/// share a batch, but they can share a hand-off). Publishes that fail go back to the front of the
+/// outbox, in order.
 pub(crate) async fn flush(
     outbox: &Outbox,
     transport: &Transport,
     published: &AtomicU64,
 ) -> Result<(), String> {
-    while let Some((key, envelope)) = outbox.pop_batch(MAX_BATCH) {
-        if let Err(error) = transport.publish(&key, &wire::encode(&envelope)).await {
-            outbox.push_front(key, envelope);
+    loop {
+        let mut envelopes = Vec::new();
+        while envelopes.len() < PUBLISHES_IN_FLIGHT {
+            match outbox.pop_batch(MAX_BATCH) {
+                Some(next) => envelopes.push(next),
+                None => break,
+            }
+        }
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<(String, Vec<u8>)> = envelopes
+            .iter()
+            .map(|(key, envelope)| (key.clone(), wire::encode(envelope)))
+            .collect();
+        let results = transport.publish_all(&bodies).await;
+        let mut first_error = None;
+        let mut failed = Vec::new();
+        for ((key, envelope), result) in envelopes.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    failed.push((key, envelope));
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            for (key, envelope) in failed.into_iter().rev() {
+                outbox.push_front(key, envelope);
+            }
             return Err(error);
         }
-        published.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// How often silent peers are looked for: often enough to notice a death soon after the timeout.

@@ -12,6 +12,7 @@ pub mod membership;
 mod outbox;
 pub mod packet;
 pub mod requests;
+mod room_bindings;
 pub mod room_index;
 mod throttle;
 pub mod transport;

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 struct Peer {
     last_seen: Instant,
     namespaces: HashSet<String>,
+    /// The peer binds its rooms' keys (room routing), so it may be sent single-room broadcasts
+    /// by room key.
+    room_routing: bool,
 }
 
 #[derive(Default)]
@@ -19,24 +22,15 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// Records a heartbeat: the peer is alive and serves exactly `namespaces`.
-    pub fn update(&mut self, uid: &str, namespaces: Vec<String>, now: Instant) {
-        let namespaces = namespaces.into_iter().collect();
-        match self.peers.get_mut(uid) {
-            Some(peer) => {
-                peer.last_seen = now;
-                peer.namespaces = namespaces;
-            }
-            None => {
-                self.peers.insert(
-                    uid.to_string(),
-                    Peer {
-                        last_seen: now,
-                        namespaces,
-                    },
-                );
-            }
-        }
+    /// Records a heartbeat: the peer is alive, serves exactly `namespaces`, and binds its rooms
+    /// or not.
+    pub fn update(&mut self, uid: &str, namespaces: Vec<String>, room_routing: bool, now: Instant) {
+        let peer = Peer {
+            last_seen: now,
+            namespaces: namespaces.into_iter().collect(),
+            room_routing,
+        };
+        self.peers.insert(uid.to_string(), peer);
     }
 
     /// Any other message from a known peer keeps it alive.
@@ -78,6 +72,14 @@ impl Peers {
             .collect()
     }
 
+    /// Whether every peer serving `nsp` binds its rooms: only then may a single-room broadcast
+    /// go by room key without some server missing it.
+    pub fn all_route_rooms(&self, nsp: &str) -> bool {
+        self.peers
+            .values()
+            .all(|peer| peer.room_routing || !peer.namespaces.contains(nsp))
+    }
+
     pub fn serving_count(&self, nsp: &str) -> usize {
         self.peers
             .values()
@@ -98,12 +100,12 @@ mod tests {
     fn counts_peers_per_namespace() {
         let now = Instant::now();
         let mut peers = Peers::default();
-        peers.update("a", names(&["/", "/chat"]), now);
-        peers.update("b", names(&["/"]), now);
+        peers.update("a", names(&["/", "/chat"]), false, now);
+        peers.update("b", names(&["/"]), false, now);
         assert_eq!(peers.serving_count("/"), 2);
         assert_eq!(peers.serving_count("/chat"), 1);
         assert_eq!(peers.serving_count("/none"), 0);
-        peers.update("a", names(&["/"]), now);
+        peers.update("a", names(&["/"]), false, now);
         assert_eq!(
             peers.serving_count("/chat"),
             0,
@@ -116,11 +118,24 @@ mod tests {
     }
 
     #[test]
+    fn room_routing_needs_every_peer_of_the_namespace() {
+        let now = Instant::now();
+        let mut peers = Peers::default();
+        assert!(peers.all_route_rooms("/"), "alone: nobody to miss it");
+        peers.update("a", names(&["/"]), true, now);
+        peers.update("b", names(&["/chat"]), false, now);
+        assert!(peers.all_route_rooms("/"), "b does not serve /");
+        assert!(!peers.all_route_rooms("/chat"));
+        peers.update("b", names(&["/chat"]), true, now);
+        assert!(peers.all_route_rooms("/chat"));
+    }
+
+    #[test]
     fn silent_peers_expire_and_touched_ones_stay() {
         let start = Instant::now();
         let mut peers = Peers::default();
-        peers.update("quiet", names(&["/"]), start);
-        peers.update("chatty", names(&["/"]), start);
+        peers.update("quiet", names(&["/"]), false, start);
+        peers.update("chatty", names(&["/"]), false, start);
         peers.touch("chatty", start + Duration::from_secs(8));
         peers.touch("stranger", start + Duration::from_secs(8));
         let dead = peers.expire(start + Duration::from_secs(11), Duration::from_secs(10));

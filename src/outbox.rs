@@ -36,16 +36,24 @@ impl Outbox {
         }
     }
 
-    /// Queues a publish for `key`, dropping the oldest one when full. Returns `Some(count)` when
-    /// the drops since the last report should be reported now.
+    /// Queues a publish for `key` and wakes the sender, dropping the oldest publish when full.
+    /// Returns `Some(count)` when the drops since the last report should be reported now.
     pub(crate) fn push(&self, key: String, envelope: Envelope) -> Option<u64> {
+        let report = self.push_quietly(key, envelope);
+        self.wake();
+        report
+    }
+
+    /// Like [`push`](Self::push), without waking the sender: the caller queues more and then calls
+    /// [`wake`](Self::wake) once (the JS thread does so once per turn of its event loop: waking
+    /// the sender's thread per publish costs more than the publish).
+    pub(crate) fn push_quietly(&self, key: String, envelope: Envelope) -> Option<u64> {
         let dropped = {
             let mut queue = self.queue.lock();
             let dropped = queue.len() >= self.capacity && queue.pop_front().is_some();
             queue.push_back((key, envelope));
             dropped
         };
-        self.ready.notify_one();
         if !dropped {
             return None;
         }
@@ -100,7 +108,12 @@ impl Outbox {
         self.queue.lock().len()
     }
 
-    /// Resolves after a push; a push since the last wait counts, so none is missed.
+    /// Wakes the sender for what was queued.
+    pub(crate) fn wake(&self) {
+        self.ready.notify_one();
+    }
+
+    /// Resolves after a wake; a wake since the last wait counts, so none is missed.
     pub(crate) async fn wait(&self) {
         self.ready.notified().await;
     }

@@ -14,6 +14,9 @@ use lapin::options::{
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 /// How a node or an emitter reaches the broker: what the adapter and the emitter share.
@@ -101,6 +104,32 @@ pub fn server_key(uid: &str) -> String {
 
 /// The routing key every server binds: hellos, heartbeats and goodbyes.
 pub const CLUSTER_KEY: &str = "cluster";
+
+/// AMQP routing keys are short strings: at most 255 bytes.
+const MAX_ROUTING_KEY: usize = 255;
+
+/// With room routing, the key a server binds while it has members in `room` of `nsp`, and the key
+/// a single-room broadcast is published to. `None` for rooms that are not bound, whose broadcasts
+/// go to the namespace key: a key too long for AMQP, and rooms that look like socket ids (every
+/// socket is in its own room: binding those would cost a broker round trip per connection, and a
+/// message to a socket right after it connected could beat its binding). The namespace's length
+/// comes first so no two (namespace, room) pairs share a key.
+pub fn room_key(nsp: &str, room: &str) -> Option<String> {
+    if looks_like_socket_id(room) {
+        return None;
+    }
+    let key = format!("room:{}:{nsp}:{room}", nsp.len());
+    (key.len() <= MAX_ROUTING_KEY).then_some(key)
+}
+
+/// Socket.IO v4 socket ids: 20 characters of base64url (15 random bytes). A room name that merely
+/// looks like one is just not room-routed.
+fn looks_like_socket_id(room: &str) -> bool {
+    room.len() == 20
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 impl Transport {
     /// Connects, declares the exchange and (unless publish-only) the server's queue, and starts
@@ -247,6 +276,34 @@ impl Transport {
             .map_err(|e| format!("unbinding '{routing_key}' failed: {e}"))
     }
 
+    /// Binds (`true`) or unbinds each key, all in flight at once (the broker answers a channel's
+    /// requests in order, so pipelining costs one round trip instead of one per key).
+    pub async fn rebind(&self, changes: &[(String, bool)]) -> Result<(), String> {
+        let requests = changes
+            .iter()
+            .map(|(key, bind)| -> InFlight<'_, Result<(), String>> {
+                if *bind {
+                    Box::pin(self.bind(key))
+                } else {
+                    Box::pin(self.unbind(key))
+                }
+            })
+            .collect();
+        all_in_order(requests).await.into_iter().collect()
+    }
+
+    /// Publishes every (routing key, body) in order, all in flight at once: one hand-off to
+    /// lapin's I/O thread for the lot instead of a round trip each. One result per publish.
+    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) -> Vec<Result<(), String>> {
+        let publishes = messages
+            .iter()
+            .map(|(key, body)| -> InFlight<'_, Result<(), String>> {
+                Box::pin(self.publish(key, body))
+            })
+            .collect();
+        all_in_order(publishes).await
+    }
+
     pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), String> {
         self.publisher
             .basic_publish(
@@ -268,6 +325,35 @@ impl Transport {
             .close(200, "socket.io adapter closed".into())
             .await;
     }
+}
+
+type InFlight<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs the futures together and returns their results in order. Each is first polled in order, and
+/// a lapin request queues its frames on its first poll, so they reach the broker in this order.
+async fn all_in_order<T>(futures: Vec<InFlight<'_, T>>) -> Vec<T> {
+    let mut running: Vec<Option<InFlight<'_, T>>> = futures.into_iter().map(Some).collect();
+    let mut results: Vec<Option<T>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (slot, result) in running.iter_mut().zip(results.iter_mut()) {
+            let Some(future) = slot else { continue };
+            match future.as_mut().poll(cx) {
+                Poll::Ready(value) => {
+                    *result = Some(value);
+                    *slot = None;
+                }
+                Poll::Pending => waiting = true,
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
 }
 
 /// Tries each URL once, starting with `preferred` (the last one that worked), which it updates.
@@ -312,6 +398,23 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_keys_are_unambiguous_and_fit_amqp() {
+        assert_ne!(room_key("/a:b", "c"), room_key("/a", "b:c"));
+        assert_eq!(room_key("/", "r1").as_deref(), Some("room:1:/:r1"));
+        assert!(room_key("/", &"x".repeat(240)).is_some());
+        assert_eq!(room_key("/", &"x".repeat(250)), None);
+        assert_eq!(room_key("/", "Xc2_gWvN-8pZkLmQaB3d"), None, "a socket id");
+        assert!(
+            room_key("/", "Xc2_gWvN-8pZkLmQaB3").is_some(),
+            "19 characters"
+        );
+        assert!(
+            room_key("/", "Xc2_gWvN-8pZkLmQaB3!").is_some(),
+            "not base64url"
+        );
+    }
 
     #[test]
     fn redact_hides_only_the_password() {

@@ -99,10 +99,16 @@ pub enum Message {
     /// A server joined (or rejoined) the cluster; everyone answers with a heartbeat.
     Hello {
         namespaces: Vec<String>,
+        /// The server binds a key per room it has members in (see `transport::room_key`), so
+        /// single-room broadcasts may be sent to it by room. Absent (false) from older servers.
+        #[serde(default)]
+        room_routing: bool,
     },
     /// "I am alive and serve these namespaces." Sent periodically and when the set changes.
     Heartbeat {
         namespaces: Vec<String>,
+        #[serde(default)]
+        room_routing: bool,
     },
     /// A server is closing: stop counting it and stop waiting for its replies.
     Goodbye,
@@ -276,8 +282,12 @@ mod tests {
         let messages = vec![
             Message::Hello {
                 namespaces: vec!["/".into(), "/chat".into()],
+                room_routing: true,
             },
-            Message::Heartbeat { namespaces: vec![] },
+            Message::Heartbeat {
+                namespaces: vec![],
+                room_routing: false,
+            },
             Message::Goodbye,
             Message::SocketsJoin {
                 target: target.clone(),

@@ -2,7 +2,7 @@
 
 use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
 use crate::cluster::{Drained, Namespace, Node, NodeConfig};
-use crate::room_index::RoomIndex;
+use crate::room_index::{RoomIndex, ROOM_CREATED, ROOM_DELETED};
 use crate::wire::{AckRequest, Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -21,6 +21,7 @@ pub struct NodeOptions {
     pub max_pending_deliveries: u32,
     pub heartbeat_interval_ms: u32,
     pub heartbeat_timeout_ms: u32,
+    pub room_routing: bool,
 }
 
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
@@ -113,6 +114,7 @@ impl NativeNode {
             max_pending_deliveries: options.max_pending_deliveries.max(1) as usize,
             heartbeat_interval: millis(options.heartbeat_interval_ms),
             heartbeat_timeout: millis(options.heartbeat_timeout_ms),
+            room_routing: options.room_routing,
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -157,6 +159,13 @@ impl NativeNode {
     #[napi(catch_unwind)]
     pub async fn close(&self) {
         self.node.close().await;
+    }
+
+    /// Sends what this JS turn queued (the publishes of broadcasts, requests and replies wait for
+    /// this call, so one turn's publishes leave together).
+    #[napi(catch_unwind)]
+    pub fn send_queued(&self) {
+        self.node.send_queued();
     }
 
     #[napi(catch_unwind)]
@@ -359,6 +368,12 @@ impl NativeNamespace {
             node.reply(to, &self.ns.name, message);
         }
     }
+
+    fn rooms_changed<'a>(&self, rooms: impl IntoIterator<Item = &'a str>) {
+        if let Some(node) = &self.node {
+            node.rooms_changed(&self.ns.name, rooms);
+        }
+    }
 }
 
 #[napi]
@@ -385,6 +400,12 @@ impl NativeNamespace {
     #[napi(catch_unwind)]
     pub fn add_all(&self, id: String, rooms: Vec<String>) -> Uint32Array {
         let outcome = self.index().add_all(&id, &rooms);
+        let created = rooms.iter().zip(&outcome.changes);
+        self.rooms_changed(
+            created
+                .filter(|(_, change)| *change & ROOM_CREATED != 0)
+                .map(|(room, _)| room.as_str()),
+        );
         let mut out = Vec::with_capacity(rooms.len() + 1);
         out.push(outcome.slot);
         out.extend(outcome.changes.into_iter().map(u32::from));
@@ -394,16 +415,22 @@ impl NativeNamespace {
     /// SOCKET_LEFT=1 | ROOM_DELETED=2.
     #[napi(catch_unwind)]
     pub fn del(&self, id: String, room: String) -> u32 {
-        self.index().del(&id, &room).into()
+        let change = self.index().del(&id, &room);
+        if change & ROOM_DELETED != 0 {
+            self.rooms_changed([room.as_str()]);
+        }
+        change.into()
     }
 
     #[napi(catch_unwind)]
     pub fn del_all(&self, id: String) -> Option<SocketRemoval> {
         let (slot, departures) = self.index().del_all(&id)?;
-        let (rooms, deleted) = departures
+        let (rooms, deleted): (Vec<String>, Vec<bool>) = departures
             .into_iter()
             .map(|d| (d.room.to_string(), d.room_deleted))
             .unzip();
+        let gone = rooms.iter().zip(&deleted);
+        self.rooms_changed(gone.filter(|(_, d)| **d).map(|(room, _)| room.as_str()));
         Some(SocketRemoval {
             slot,
             rooms,
@@ -452,6 +479,15 @@ impl NativeNamespace {
     #[napi(catch_unwind)]
     pub fn has_socket(&self, id: String) -> bool {
         self.index().has_socket(&id)
+    }
+
+    /// Resolves once the room bindings changed so far are in place at the broker (room routing;
+    /// at once otherwise, or without a connection). Never rejects.
+    #[napi(catch_unwind)]
+    pub async fn rooms_bound(&self) {
+        if let Some(node) = &self.node {
+            node.rooms_bound().await;
+        }
     }
 
     /// Servers serving this namespace, this one included.
