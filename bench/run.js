@@ -19,7 +19,8 @@ const SECONDS = Number(process.env.BENCH_SECONDS || 4);
 const ROOMS = 1000;
 const BLAST = Number(process.env.BENCH_BLAST || 5000);
 const ROOMS_RATE = Number(process.env.BENCH_ROOMS_RATE || 500); // emits/s per server, to random rooms
-const KINDS = (process.env.BENCH_KINDS || 'native,redis,memory').split(',');
+// native: this adapter with its defaults; native-rooms: with roomRouting (per-room bindings).
+const KINDS = (process.env.BENCH_KINDS || 'native,native-rooms,redis,memory').split(',');
 const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,roundTrips,memory,raw').split(','));
 const ROOT = path.join(__dirname, '..');
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS || 20 * 60 * 1000);
@@ -35,7 +36,7 @@ process.on('exit', () => children.forEach((child) => child.kill('SIGKILL')));
 
 // ---- child processes driven over IPC ------------------------------------------------------
 
-function spawnWorker(script, args, execArgv = []) {
+function spawnWorker(script, args, execArgv = (process.env.BENCH_PROFILE && script === 'server.js' ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : [])) {
   const child = fork(path.join(__dirname, script), args.map(String), { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   const pending = new Map();
@@ -248,21 +249,27 @@ function table(results) {
     ['fetchSockets: round trip ms', (r) => r.roundTrips?.fetchSocketsMs, 2],
   ];
   const lines = [];
-  const header = ['scenario (median of runs)', 'native', 'redis', 'in-memory', 'native/redis', 'native/in-mem'];
+  const header = ['scenario (median of runs)', 'native', '+rooms', 'redis', 'in-memory', 'native/redis', '+rooms/redis', 'native/in-mem', '+rooms/in-mem'];
   lines.push(header);
+  const row = (label, [n, nr, r, mem], digits) => [
+    label,
+    ...[n, nr, r, mem].map((v) => fmt(v, digits)),
+    ...[n / r, nr / r, n / mem, nr / mem].map((v) => fmt(v, 2)),
+  ];
   for (const [label, pick, digits] of rows) {
-    const [n, r, mem] = ['native', 'redis', 'memory'].map((k) => m(k, pick));
-    lines.push([label, fmt(n, digits), fmt(r, digits), fmt(mem, digits), fmt(n / r, 2), fmt(n / mem, 2)]);
+    lines.push(row(label, ['native', 'native-rooms', 'redis', 'memory'].map((k) => m(k, pick)), digits));
   }
-  const [nm, rm, mm] = ['native', 'redis', 'memory'].map((k) => results.memory[k]);
-  lines.push(['10k sockets x 10 rooms: index RSS MB', fmt(nm), fmt(rm), fmt(mm), fmt(nm / rm, 2), fmt(nm / mm, 2)]);
-  lines.push(['raw broker (publish+consume, no Socket.IO) msg/s', fmt(results.rawBroker?.perSecond, 0), '', '', '', '']);
+  const memoryRow = ['native', 'native-rooms', 'redis', 'memory'].map((k) => results.memory[k]);
+  lines.push(row('10k sockets x 10 rooms: index RSS MB', memoryRow, 1));
+  lines.push(['raw broker (publish+consume, no Socket.IO) msg/s', fmt(results.rawBroker?.perSecond, 0), '', '', '', '', '', '', '']);
   // The counters of one native server over the whole run: messages that concerned none of its
-  // sockets were dropped in Rust and never reached the event loop.
-  const last = results.runs.filter((r) => r.kind === 'native' && r.nativeStats).pop()?.nativeStats;
-  if (last) {
+  // sockets were dropped in Rust and never reached the event loop; with roomRouting most of them
+  // never reach the server at all.
+  for (const kind of ['native', 'native-rooms']) {
+    const last = results.runs.filter((r) => r.kind === kind && r.nativeStats).pop()?.nativeStats;
+    if (!last) continue;
     const share = last.noLocalRecipient / (last.noLocalRecipient + last.delivered);
-    lines.push(['native: messages dropped in Rust, no JS call (one server)', `${last.noLocalRecipient}`, '', '', `${fmt(share * 100, 0)}%`, '']);
+    lines.push([`${kind}: received / dropped in Rust with no JS call (one server)`, `${last.received}`, `${last.noLocalRecipient}`, '', '', `${fmt(share * 100, 0)}%`, '', '', '']);
   }
   const widths = header.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
   return lines.map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  ')).join('\n');
@@ -278,7 +285,7 @@ async function main() {
     console.log('bench: raw broker limit');
     results.rawBroker = rawBroker();
   }
-  console.log('bench: starting the three clusters');
+  console.log(`bench: starting the clusters (${KINDS.join(', ')})`);
   const clusters = {};
   for (const kind of KINDS) clusters[kind] = await startCluster(kind);
   for (let rep = 0; rep < REPS; rep++) {
@@ -295,7 +302,7 @@ async function main() {
       if (SCENARIOS.has('rooms')) run.rooms = await manyRooms(cluster, ROOMS_RATE);
       if (SCENARIOS.has('maxRate')) run.maxRate = await maxRate(cluster);
       if (SCENARIOS.has('roundTrips')) run.roundTrips = await roundTrips(cluster);
-      run.nativeStats = kind === 'native' ? (await cluster.servers[1].call('stats')).stats : undefined;
+      run.nativeStats = kind.startsWith('native') ? (await cluster.servers[1].call('stats')).stats : undefined;
       results.runs.push(run);
     }
   }
@@ -303,6 +310,7 @@ async function main() {
   for (const cluster of Object.values(clusters)) {
     await Promise.all([...cluster.servers, ...cluster.clientGroups].map((w) => w.call('close').catch(() => {})));
   }
+  if (process.env.BENCH_PROFILE) await new Promise((resolve) => setTimeout(resolve, 3000)); // profiles written at exit
   results.seconds = (Date.now() - started) / 1000;
   const report = table(results);
   console.log(`\n${report}\n`);

@@ -1,6 +1,6 @@
 'use strict';
 // One benchmark server (child process): Socket.IO with the adapter under test, driven over IPC.
-// argv: kind ("native" | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
+// argv: kind ("native" | "native-rooms" (roomRouting on) | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
 const http = require('http');
 const { performance } = require('perf_hooks');
 const { Server } = require('socket.io');
@@ -11,9 +11,9 @@ const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 async function adapterFor() {
-  if (kind === 'native') {
+  if (kind === 'native' || kind === 'native-rooms') {
     const { createAdapter } = require('..');
-    return createAdapter(AMQP_URL, { exchangeName: clusterName });
+    return createAdapter(AMQP_URL, { exchangeName: clusterName, roomRouting: kind === 'native-rooms' });
   }
   if (kind === 'redis') {
     const { createAdapter } = require('@socket.io/redis-adapter');
@@ -33,8 +33,8 @@ async function main() {
   if (adapter) io.adapter(adapter);
   await io.of('/').adapter.init?.();
   io.on('connection', (socket) => {
-    socket.on('join', (rooms, done) => {
-      socket.join(rooms);
+    socket.on('join', async (rooms, done) => {
+      await socket.join(rooms); // with roomRouting: until the broker routes the rooms here
       done();
     });
   });
