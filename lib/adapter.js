@@ -11,6 +11,7 @@ const { encodeValue, decodeValue } = require('./payload');
 // Bits returned by the native index (src/room_index.rs).
 const ROOM_CREATED = 1;
 const SOCKET_JOINED = 2;
+const BINDING_PENDING = 4; // roomRouting: the created room's binding is on its way
 const SOCKET_LEFT = 1;
 const ROOM_DELETED = 2;
 
@@ -72,16 +73,14 @@ class AmqpAdapter extends Adapter {
     const list = Array.from(rooms);
     const result = this._native.addAll(id, list);
     this._slotIds[result[0]] = id;
-    let created = false;
+    let bindingPending = false;
     for (let i = 0; i < list.length; i++) {
       const change = result[i + 1];
-      if (change & ROOM_CREATED) {
-        created = true;
-        this.emit('create-room', list[i]);
-      }
+      if (change & ROOM_CREATED) this.emit('create-room', list[i]);
       if (change & SOCKET_JOINED) this.emit('join-room', list[i], id);
+      if (change & BINDING_PENDING) bindingPending = true;
     }
-    if (created && this._options.roomRouting) return this._native.roomsBound();
+    if (bindingPending) return this._native.roomsBound();
   }
 
   del(id, room) {

@@ -21,7 +21,9 @@ use crate::requests::{Reply, Requests};
 use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
 use crate::throttle::Throttle;
-use crate::transport::{namespace_key, room_key, server_key, BrokerConfig, CLUSTER_KEY};
+use crate::transport::{
+    namespace_key, room_key, routable_room, server_key, BrokerConfig, CLUSTER_KEY,
+};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
@@ -308,11 +310,19 @@ impl Node {
         });
     }
 
-    /// Rooms of `nsp` were created or deleted on this server: with room routing, their keys are
-    /// bound or unbound soon after (see [`rooms_bound`](Self::rooms_bound)).
+    /// Whether, with room routing, `room` of `nsp` gets its own binding (not a socket id, not too
+    /// long for a routing key). False without room routing.
+    pub fn routes_room(&self, nsp: &str, room: &str) -> bool {
+        self.config.room_routing && routable_room(nsp, room)
+    }
+
+    /// Rooms of `nsp` were created or deleted on this server: with room routing, the keys of those
+    /// that [`routes_room`](Self::routes_room) are bound or unbound soon after (see
+    /// [`rooms_bound`](Self::rooms_bound)).
     pub fn rooms_changed<'a>(&self, nsp: &str, rooms: impl IntoIterator<Item = &'a str>) {
         if self.config.room_routing {
-            self.rooms.mark(nsp, rooms);
+            let routable = rooms.into_iter().filter(|room| routable_room(nsp, room));
+            self.rooms.mark(nsp, routable);
         }
     }
 

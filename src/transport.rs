@@ -115,11 +115,14 @@ const MAX_ROUTING_KEY: usize = 255;
 /// message to a socket right after it connected could beat its binding). The namespace's length
 /// comes first so no two (namespace, room) pairs share a key.
 pub fn room_key(nsp: &str, room: &str) -> Option<String> {
-    if looks_like_socket_id(room) {
-        return None;
-    }
-    let key = format!("room:{}:{nsp}:{room}", nsp.len());
-    (key.len() <= MAX_ROUTING_KEY).then_some(key)
+    routable_room(nsp, room).then(|| format!("room:{}:{nsp}:{room}", nsp.len()))
+}
+
+/// Whether `room` of `nsp` has a [`room_key`] (without building it).
+pub fn routable_room(nsp: &str, room: &str) -> bool {
+    let digits = nsp.len().to_string().len();
+    let key_len = "room:".len() + digits + 1 + nsp.len() + 1 + room.len();
+    key_len <= MAX_ROUTING_KEY && !looks_like_socket_id(room)
 }
 
 /// Socket.IO v4 socket ids: 20 characters of base64url (15 random bytes). A room name that merely
@@ -414,6 +417,12 @@ mod tests {
             room_key("/", "Xc2_gWvN-8pZkLmQaB3!").is_some(),
             "not base64url"
         );
+        for len in 240..250 {
+            let room = "y".repeat(len);
+            let fits = format!("room:5:/chat:{room}").len() <= 255;
+            assert_eq!(routable_room("/chat", &room), fits, "length {len}");
+            assert_eq!(room_key("/chat", &room).is_some(), fits);
+        }
     }
 
     #[test]

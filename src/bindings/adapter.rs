@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The `add_all` change bit (beside room_index's) for a room whose binding is on its way.
+const BINDING_PENDING: u32 = 4;
+
 /// Validated options (index.js checks types and fills defaults before calling).
 #[napi(object)]
 pub struct NodeOptions {
@@ -396,19 +399,26 @@ impl NativeNamespace {
         Uint32Array::new(self.index().recipients(&Target { rooms, except }))
     }
 
-    /// Returns `[slot, change(room0), change(room1), ...]` (ROOM_CREATED=1 | SOCKET_JOINED=2).
+    /// Returns `[slot, change(room0), change(room1), ...]` (ROOM_CREATED=1 | SOCKET_JOINED=2, and
+    /// BINDING_PENDING=4 for a created room whose room-routing binding is on its way: `roomsBound()`
+    /// resolves once it is in place).
     #[napi(catch_unwind)]
     pub fn add_all(&self, id: String, rooms: Vec<String>) -> Uint32Array {
         let outcome = self.index().add_all(&id, &rooms);
-        let created = rooms.iter().zip(&outcome.changes);
-        self.rooms_changed(
-            created
-                .filter(|(_, change)| *change & ROOM_CREATED != 0)
-                .map(|(room, _)| room.as_str()),
-        );
         let mut out = Vec::with_capacity(rooms.len() + 1);
         out.push(outcome.slot);
-        out.extend(outcome.changes.into_iter().map(u32::from));
+        out.extend(outcome.changes.iter().map(|&change| u32::from(change)));
+        if let Some(node) = &self.node {
+            let nsp = &self.ns.name;
+            let mut created = Vec::new();
+            for (room, change) in rooms.iter().zip(&mut out[1..]) {
+                if *change & u32::from(ROOM_CREATED) != 0 && node.routes_room(nsp, room) {
+                    *change |= BINDING_PENDING;
+                    created.push(room.as_str());
+                }
+            }
+            node.rooms_changed(nsp, created);
+        }
         Uint32Array::new(out)
     }
 
