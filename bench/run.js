@@ -5,7 +5,9 @@
 // the raw results to bench-results/, and stops by itself.
 //
 // BENCH_SERVERS (3), BENCH_CLIENTS per server (30), BENCH_REPS (3), BENCH_SECONDS per timed
-// scenario (4); AMQP_URL, REDIS_URL.
+// scenario (4), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
+// (fanout,rooms,maxRate,roundTrips,memory,raw), BENCH_PROFILE=<dir> (V8 CPU profiles of the
+// servers); AMQP_URL, REDIS_URL.
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
@@ -163,6 +165,17 @@ async function manyRooms(cluster, ratePerServer) {
   return { deliveries: result.total, cpuMsPer1000: median('cpuMsPer1000'), loopMsPer1000: median('loopMsPer1000'), rssMB: median('rssMB'), perServer };
 }
 
+// Runs the emit paths once, unmeasured, so V8 has compiled them before the first measured run
+// (without it the first run of every adapter costs up to twice the CPU of the next ones).
+async function warmUp(cluster) {
+  const emitters = cluster.kind === 'memory' ? [cluster.servers[0]] : cluster.servers;
+  await Promise.all(emitters.map((s) => s.call('emitAtRate', { rate: ROOMS_RATE, seconds: 2, rooms: ROOMS, event: 'room' })));
+  await cluster.servers[0].call('emitAtRate', { rate: 500, seconds: 1, event: 'fanout' });
+  await cluster.servers[0].call('blast', { count: 2000, room: 'sink' });
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  await resetClients(cluster);
+}
+
 async function maxRate(cluster) {
   await resetClients(cluster);
   const sinks = SERVERS; // one "sink" client per group
@@ -262,6 +275,7 @@ function table(results) {
   const memoryRow = ['native', 'native-rooms', 'redis', 'memory'].map((k) => results.memory[k]);
   lines.push(row('10k sockets x 10 rooms: index RSS MB', memoryRow, 1));
   lines.push(['raw broker (publish+consume, no Socket.IO) msg/s', fmt(results.rawBroker?.perSecond, 0), '', '', '', '', '', '', '']);
+  lines.push(['raw broker round trip ms (lapin, no Socket.IO)', fmt(results.rawBroker?.roundTripMs, 2), '', '', '', '', '', '', '']);
   // The counters of one native server over the whole run: messages that concerned none of its
   // sockets were dropped in Rust and never reached the event loop; with roomRouting most of them
   // never reach the server at all.
@@ -288,6 +302,8 @@ async function main() {
   console.log(`bench: starting the clusters (${KINDS.join(', ')})`);
   const clusters = {};
   for (const kind of KINDS) clusters[kind] = await startCluster(kind);
+  console.log('bench: warming up');
+  for (const kind of KINDS) await warmUp(clusters[kind]);
   for (let rep = 0; rep < REPS; rep++) {
     // Alternate the adapters within each repetition, rotating who goes first.
     const order = KINDS.map((_, i) => KINDS[(i + rep) % KINDS.length]);

@@ -1,6 +1,8 @@
 //! The broker's own limit on this machine, with no Socket.IO: publish `count` messages of `size`
 //! bytes through a direct exchange to one queue while consuming them (auto-ack), and print the
-//! messages per second. Used by `npm run bench` as the ceiling the adapters are measured against.
+//! messages per second; then bounce a message between two connections 1000 times and print the
+//! median round trip. Used by `npm run bench` as the floor and ceiling the adapters are measured
+//! against.
 //!
 //! cargo run --release --no-default-features --example raw_broker -- <amqp-url> [count] [size]
 
@@ -74,10 +76,86 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let received = receiving.await?;
     let seconds = start.elapsed().as_secs_f64();
+    let round_trip_ms = round_trip(url).await?;
     println!(
-        "{{\"messages\":{received},\"seconds\":{seconds:.3},\"perSecond\":{:.0}}}",
+        "{{\"messages\":{received},\"seconds\":{seconds:.3},\"perSecond\":{:.0},\"roundTripMs\":{round_trip_ms:.3}}}",
         received as f64 / seconds
     );
     connection.close(200, "done".into()).await?;
     Ok(())
+}
+
+/// Median time for a message to go from one connection to another and back (each side consumes
+/// its own queue and the other answers at once): what a request between two servers costs at
+/// least, through RabbitMQ and lapin.
+async fn round_trip(url: &str) -> Result<f64, Box<dyn std::error::Error>> {
+    let pinger = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ponger = Connection::connect(url, ConnectionProperties::default()).await?;
+    let (ping_channel, mut pings_back) = own_queue(&pinger).await?;
+    let (pong_channel, mut pongs) = own_queue(&ponger).await?;
+    let ping_queue = pings_back.queue();
+    let pong_queue = pongs.queue();
+    let answering = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = pongs.next().await {
+            let _ = pong_channel
+                .basic_publish(
+                    "".into(),
+                    ping_queue.clone(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    BasicProperties::default(),
+                )
+                .await;
+        }
+    });
+    let mut times = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let start = Instant::now();
+        ping_channel
+            .basic_publish(
+                "".into(),
+                pong_queue.clone(),
+                BasicPublishOptions::default(),
+                b"ping",
+                BasicProperties::default(),
+            )
+            .await?;
+        pings_back.next().await.ok_or("the ping queue closed")??;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    answering.abort();
+    times.sort_by(f64::total_cmp);
+    pinger.close(200, "done".into()).await?;
+    ponger.close(200, "done".into()).await?;
+    Ok(times[times.len() / 2])
+}
+
+/// A channel, and a consumer (auto-ack) of a new exclusive queue on it.
+async fn own_queue(
+    connection: &Connection,
+) -> Result<(lapin::Channel, lapin::Consumer), Box<dyn std::error::Error>> {
+    let channel = connection.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
