@@ -109,6 +109,20 @@ describe('roomRouting', () => {
     await eventually(() => noLocal(c) > before, 'C to receive (and drop) the message to a socket it does not hold');
   });
 
+  it("an emitter's room broadcast reaches the members (emitters publish by namespace key)", async () => {
+    const { Emitter } = require('..');
+    const [, b] = cluster.ios;
+    await socketOf(b, clients[1]).join('from-worker');
+    const emitter = new Emitter(AMQP_URL, { exchangeName: cluster.exchangeName });
+    try {
+      await within(emitter.ready(), 'the emitter to connect');
+      const [args] = await Promise.all([waitFor(clients[1], 'work', "the emitter's room broadcast"), emitter.to('from-worker').emit('work', 7)]);
+      assert.deepEqual(args, [7]);
+    } finally {
+      await emitter.close();
+    }
+  });
+
   it('after a reconnect, the rooms are bound again', async () => {
     const [a, b] = cluster.ios;
     await socketOf(b, clients[1]).join('survivor');
