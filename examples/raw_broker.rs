@@ -28,29 +28,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let publisher = connection.create_channel().await?;
-    let consumer_channel = connection.create_channel().await?;
-    let queue = consumer_channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_consumer_channel, mut consumer) = own_queue(&connection).await?;
+    let queue = consumer.queue();
     let body = vec![b'x'; size];
     let start = Instant::now();
     let receiving = tokio::spawn(async move {
@@ -67,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         publisher
             .basic_publish(
                 "".into(),
-                queue.name().clone(),
+                queue.clone(),
                 BasicPublishOptions::default(),
                 &body,
                 BasicProperties::default(),
