@@ -14,7 +14,10 @@ export interface AmqpAdapterOptions {
   queuePrefix?: string;
   /** Readable part of queue and connection names. Default `os.hostname()`. */
   instanceName?: string;
-  /** Called once per namespace when it receives messages from the other servers. */
+  /**
+   * Called once per namespace when it receives messages from the other servers; when init() was
+   * refused (broker down), as soon as a later connection binds the namespace.
+   */
   readyCallback?: () => void;
   /** Receives, per namespace, a function that closes that namespace's adapter. */
   shutdownCallbackCallback?: (shutdown: () => Promise<void>) => void;
@@ -70,7 +73,7 @@ export interface AdapterStats {
   hostWakeups: number;
   /** Received messages that could not be decoded or spoke another protocol version. */
   malformed: number;
-  /** Times the connection was re-established after it was lost. */
+  /** Times a connection was made after the previous one was lost, or after failed first attempts. */
   reconnects: number;
   /** Publishes waiting to go out, e.g. during an outage (a gauge). */
   buffered: number;
@@ -88,7 +91,8 @@ export interface AdapterStats {
  * - `error` (Error): broker unreachable, login refused, failed reconnect attempts, undecodable
  *   messages, internal errors;
  * - `disconnect` (Error): the broker connection was lost; publishes are buffered meanwhile;
- * - `reconnect` (attempts): connected again, bindings restored, buffered publishes sent;
+ * - `reconnect` (attempts): connected after a loss or after failed first attempts, bindings
+ *   restored, buffered publishes sent;
  * - `dropped` (count): the publish buffer was full and this many of the oldest were dropped
  *   (always logged too);
  * - `create-room`, `join-room`, `leave-room`, `delete-room`, as the in-memory adapter.
@@ -97,7 +101,10 @@ export declare class AmqpAdapter extends Adapter {
   /** This server's id on the bus; `null` when the URL was unusable. */
   readonly uid: string | null;
   constructor(nsp: Namespace, cluster: unknown);
-  /** Resolves when the namespace receives cluster messages; rejects with the broker error. */
+  /**
+   * Resolves when the namespace receives cluster messages; rejects with the broker error (the
+   * adapter keeps trying; `reconnect` and readyCallback follow when it gets through).
+   */
   init(): Promise<void>;
   close(): Promise<void>;
   /** Counters of this server's broker session; `null` when the URL was unusable. */

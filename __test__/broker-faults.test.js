@@ -93,6 +93,51 @@ describe('a RabbitMQ cluster of two private nodes', { timeout: 240000 }, () => {
   });
 });
 
+describe('a server started before its broker', { timeout: 120000 }, () => {
+  let node;
+  after(async () => {
+    await node?.destroy();
+  });
+
+  it('reports the errors, then connects by itself: reconnect event, readyCallback, traffic', async () => {
+    node = await PrivateNode.create('late');
+    const exchangeName = uniqueName('late');
+    const httpServer = http.createServer();
+    const early = new Server(httpServer);
+    let readyCalls = 0;
+    early.adapter(createAdapter(node.url, { exchangeName, ...FAST, readyCallback: () => readyCalls++ }));
+    const adapter = early.of('/').adapter;
+    const errors = [];
+    adapter.on('error', (err) => errors.push(err));
+    try {
+      const refused = await within(adapter.init().catch((err) => err), 'init() to be refused', 15000);
+      assert.ok(refused instanceof Error, 'init() rejects while the broker is down');
+      assert.ok(errors.length >= 1, 'an error event says why');
+      assert.equal(readyCalls, 0);
+
+      const connected = waitFor(adapter, 'reconnect', 'the adapter to connect once the broker is up', 60000);
+      await node.start();
+      await connected;
+      await eventually(() => readyCalls === 1, 'readyCallback once the namespace is bound', 10000);
+
+      await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+      const client = connectClient(`http://127.0.0.1:${httpServer.address().port}`, { transports: ['websocket'], reconnection: false, forceNew: true });
+      await waitFor(client, 'connect', 'a client of the early server');
+      const late = await serverOn(node.url, exchangeName);
+      try {
+        const [got] = await Promise.all([waitFor(client, 'late', 'a broadcast from a server started later', 10000), late.io.emit('late', 'ok')]);
+        assert.deepEqual(got, ['ok']);
+        assert.equal(readyCalls, 1, 'readyCallback is called once');
+      } finally {
+        client.disconnect();
+        await late.close();
+      }
+    } finally {
+      await early.close();
+    }
+  });
+});
+
 describe('amqps:// with a self-signed certificate', { timeout: 120000 }, () => {
   let certs;
   let node;

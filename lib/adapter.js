@@ -25,6 +25,7 @@ class AmqpAdapter extends Adapter {
     this._native = cluster.attach(this) ?? detachedIndex();
     this._slotIds = []; // slot (from the native index) -> socket id
     this._ready = null;
+    this._readyLater = false; // init() was refused: call readyCallback when the connection is up
     this._closed = false;
     this.rooms = roomsView(this._native);
     this.sids = sidsView(this._native);
@@ -37,15 +38,33 @@ class AmqpAdapter extends Adapter {
     return this._cluster.uid;
   }
 
-  /** Resolves once this namespace receives messages from the other servers. */
+  /**
+   * Resolves once this namespace receives messages from the other servers. When the broker cannot
+   * be reached it rejects, the adapter keeps trying, and readyCallback is called when a later
+   * connection binds the namespace (the `reconnect` event fires then too).
+   */
   init() {
     if (!this._ready) {
-      this._ready = this._cluster.bind(this).then(() => {
-        const { readyCallback } = this._options;
-        if (readyCallback && !this._closed) readyCallback();
-      });
+      this._ready = this._cluster.bind(this).then(
+        () => this._becameReady(),
+        (err) => {
+          this._readyLater = true;
+          throw err;
+        },
+      );
     }
     return this._ready;
+  }
+
+  /** The connection is back (or up at last): every namespace is bound again. */
+  _onReconnected() {
+    if (this._readyLater) this._becameReady();
+  }
+
+  _becameReady() {
+    this._readyLater = false;
+    const { readyCallback } = this._options;
+    if (readyCallback && !this._closed) readyCallback();
   }
 
   async close() {

@@ -150,6 +150,7 @@ class ClusterNode {
         break;
       }
       case 'reconnected':
+        for (const adapter of this.adapters.values()) adapter._onReconnected();
         if (!this._emitToListeners('reconnect', item.count)) {
           console.warn(`${LOG_PREFIX} reconnected to the broker after ${item.count} attempt(s)`);
         }

@@ -53,7 +53,9 @@ impl Node {
             };
             match connected {
                 Ok((transport, consumer)) => {
-                    let reconnected = ever_connected.then_some(failures + 1);
+                    // After a lost connection, or after failed first attempts: either way the
+                    // host has heard of trouble and now hears that it is over.
+                    let reconnected = (ever_connected || failures > 0).then_some(failures + 1);
                     ever_connected = true;
                     failures = 0;
                     let end = self
