@@ -5,7 +5,8 @@
 // the raw results to bench-results/, and stops by itself.
 //
 // BENCH_SERVERS (3), BENCH_CLIENTS per server (30), BENCH_REPS (3), BENCH_SECONDS per timed
-// scenario (4), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
+// fan-out (4), BENCH_ROOMS_SECONDS for the many-rooms CPU measurement (10: at 500 emits/s a
+// shorter window is dominated by noise — GC cycles, the machine's other tenants), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
 // (fanout,rooms,maxRate,roundTrips,memory,raw), BENCH_PROFILE=<dir> (V8 CPU profiles of the
 // servers); AMQP_URL, REDIS_URL.
 const fs = require('fs');
@@ -18,6 +19,7 @@ const SERVERS = Number(process.env.BENCH_SERVERS || 3);
 const CLIENTS = Number(process.env.BENCH_CLIENTS || 30);
 const REPS = Number(process.env.BENCH_REPS || 3);
 const SECONDS = Number(process.env.BENCH_SECONDS || 4);
+const ROOMS_SECONDS = Number(process.env.BENCH_ROOMS_SECONDS || 10);
 const ROOMS = 1000;
 const BLAST = Number(process.env.BENCH_BLAST || 5000);
 const ROOMS_RATE = Number(process.env.BENCH_ROOMS_RATE || 500); // emits/s per server, to random rooms
@@ -146,7 +148,8 @@ async function manyRooms(cluster, ratePerServer) {
   await resetClients(cluster);
   await Promise.all(cluster.servers.map((s) => s.call('markStart')));
   // Every server of the cluster emits (the in-memory one does all of it alone).
-  const sends = cluster.kind === 'memory' ? [cluster.servers[0].call('emitAtRate', { rate: ratePerServer * SERVERS, seconds: SECONDS, rooms: ROOMS, event: 'room' })] : cluster.servers.map((s) => s.call('emitAtRate', { rate: ratePerServer, seconds: SECONDS, rooms: ROOMS, event: 'room' }));
+  const emit = (server, rate) => server.call('emitAtRate', { rate, seconds: ROOMS_SECONDS, rooms: ROOMS, event: 'room' });
+  const sends = cluster.kind === 'memory' ? [emit(cluster.servers[0], ratePerServer * SERVERS)] : cluster.servers.map((s) => emit(s, ratePerServer));
   await Promise.all(sends);
   await new Promise((resolve) => setTimeout(resolve, 500)); // let the last messages land
   const marks = await Promise.all(cluster.servers.map((s) => s.call('markStop')));
@@ -293,8 +296,8 @@ function table(results) {
 
 async function main() {
   const started = Date.now();
-  console.log(`bench: ${SERVERS} servers x ${CLIENTS} clients, ${REPS} runs, ${SECONDS} s per timed scenario, on ${os.cpus().length} cores`);
-  const results = { machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGB: os.totalmem() / 2 ** 30, node: process.version }, config: { SERVERS, CLIENTS, REPS, SECONDS, ROOMS, BLAST }, runs: [], memory: {} };
+  console.log(`bench: ${SERVERS} servers x ${CLIENTS} clients, ${REPS} runs, ${SECONDS} s per fan-out, ${ROOMS_SECONDS} s of many rooms, on ${os.cpus().length} cores`);
+  const results = { machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGB: os.totalmem() / 2 ** 30, node: process.version }, config: { SERVERS, CLIENTS, REPS, SECONDS, ROOMS_SECONDS, ROOMS, BLAST }, runs: [], memory: {} };
   if (SCENARIOS.has('raw')) {
     console.log('bench: raw broker limit');
     results.rawBroker = rawBroker();
