@@ -120,7 +120,8 @@ pub fn room_key(nsp: &str, room: &str) -> Option<String> {
 
 /// Whether `room` of `nsp` has a [`room_key`] (without building it).
 pub fn routable_room(nsp: &str, room: &str) -> bool {
-    let digits = nsp.len().to_string().len();
+    // Called per broadcast: the length's digits are counted, not formatted.
+    let digits = nsp.len().checked_ilog10().map_or(1, |log| log as usize + 1);
     let key_len = "room:".len() + digits + 1 + nsp.len() + 1 + room.len();
     key_len <= MAX_ROUTING_KEY && !looks_like_socket_id(room)
 }
@@ -422,6 +423,12 @@ mod tests {
             let fits = format!("room:5:/chat:{room}").len() <= 255;
             assert_eq!(routable_room("/chat", &room), fits, "length {len}");
             assert_eq!(room_key("/chat", &room).is_some(), fits);
+        }
+        let long_nsp = "/".repeat(120); // a three-digit length
+        for len in 120..130 {
+            let room = "y".repeat(len);
+            let fits = format!("room:120:{long_nsp}:{room}").len() <= 255;
+            assert_eq!(routable_room(&long_nsp, &room), fits, "length {len}");
         }
     }
 
