@@ -200,15 +200,8 @@ export declare class Emitter {
   once(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
   once(event: 'reconnect' | 'dropped', listener: (n: number) => void): this;
   off(event: string, listener: (...args: any[]) => void): this;
+  /** The operators below on another namespace (the default one is `/`). */
   of(nsp: string): EmitterBroadcastOperator;
-  to(room: string | string[]): EmitterBroadcastOperator;
-  in(room: string | string[]): EmitterBroadcastOperator;
-  except(room: string | string[]): EmitterBroadcastOperator;
-  readonly volatile: EmitterBroadcastOperator;
-  compress(compress: boolean): EmitterBroadcastOperator;
-  emit(event: string, ...args: any[]): true;
-  socketsJoin(rooms: string | string[]): void;
-  socketsLeave(rooms: string | string[]): void;
-  disconnectSockets(close?: boolean): void;
-  serverSideEmit(event: string, ...args: any[]): void;
 }
+/** An emitter is also the operator for every socket of the default namespace (`to`, `emit`, ...). */
+export interface Emitter extends EmitterBroadcastOperator {}
