@@ -21,9 +21,7 @@ use crate::requests::{Reply, Requests};
 use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
 use crate::throttle::Throttle;
-use crate::transport::{
-    namespace_key, room_key, routable_room, server_key, BrokerConfig, CLUSTER_KEY,
-};
+use crate::transport::{namespace_key, room_key, routable_room, server_key, BrokerConfig};
 use crate::wire::{
     self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
 };
@@ -186,6 +184,8 @@ pub struct Node {
     /// Namespaces bound in the current session: what heartbeats announce.
     pub(crate) bound: Mutex<BTreeSet<String>>,
     pub(crate) peers: Mutex<Peers>,
+    /// A peer said hello: the connection task owes it a heartbeat.
+    pub(crate) hello_answer_due: AtomicBool,
     /// Room routing's state (unused without it).
     pub(crate) rooms: RoomBindings,
     requests: Mutex<Requests>,
@@ -219,6 +219,7 @@ impl Node {
             wanted: Mutex::default(),
             bound: Mutex::default(),
             peers: Mutex::default(),
+            hello_answer_due: AtomicBool::new(false),
             rooms: RoomBindings::default(),
             requests: Mutex::default(),
             outbox,
@@ -639,9 +640,12 @@ impl Node {
                 self.peers
                     .lock()
                     .update(from, namespaces, room_routing, now);
-                // Answer so the newcomer counts this server without waiting for a heartbeat.
-                let heartbeat = self.announcement(false);
-                self.send(CLUSTER_KEY.to_string(), "", heartbeat);
+                // Answer so the newcomer counts this server without waiting for a heartbeat. The
+                // connection task writes the answer when it sends it, not now: a namespace list
+                // taken here could be overtaken by the heartbeat of a bind in progress and then
+                // arrive after it, stale, undoing it until the next heartbeat.
+                self.hello_answer_due.store(true, Ordering::SeqCst);
+                self.outbox.wake();
                 return;
             }
             Message::Heartbeat {

@@ -180,6 +180,11 @@ impl Node {
             if let Err(error) = self.flush(transport).await {
                 return SessionEnd::Lost(error);
             }
+            if self.hello_answer_due.swap(false, Ordering::SeqCst) {
+                if let Err(error) = self.announce(transport, false).await {
+                    return SessionEnd::Lost(error);
+                }
+            }
             let result = tokio::select! {
                 biased;
                 reason = &mut lost => return SessionEnd::Lost(reason.unwrap_or_default()),
