@@ -6,7 +6,7 @@ const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
 const http = require('http');
 const { Server } = require('socket.io');
-const { AMQP_URL, uniqueName, within, createAdapter, startCluster, forkServer } = require('./helpers');
+const { AMQP_URL, uniqueName, within, createAdapter, startCluster, forkServer, eventually } = require('./helpers');
 
 // Heartbeats far apart, so a server that missed a peer at start-up cannot be rescued by the next
 // heartbeat inside the convergence bound: only the start-up exchange itself can make the counts.
@@ -72,6 +72,43 @@ describe('start-up membership', () => {
         assert.ok(gone >= 1400, `dropped after ${gone} ms: sooner than the heartbeat timeout`);
       } finally {
         added.child.kill('SIGKILL');
+      }
+    } finally {
+      await cluster.close();
+    }
+  });
+
+  it('a server that starts serving the namespace while a request waits, and does not answer, is named', async () => {
+    const cluster = await startCluster(2, { adapterOptions: SLOW_HEARTBEATS });
+    try {
+      const [a, b] = cluster.ios;
+      await converged(cluster.ios, 2, CONVERGE_MS);
+      let release;
+      const held = new Promise((resolve) => (release = resolve));
+      b.of('/late').on('work', async (reply) => {
+        await held;
+        reply('from b');
+      });
+      await within(a.of('/late').adapter.init(), 'A to serve /late');
+      await within(b.of('/late').adapter.init(), 'B to serve /late');
+      await eventually(async () => (await a.of('/late').adapter.serverCount()) === 2, 'A to count B for /late');
+      const answer = new Promise((resolve) => a.of('/late').serverSideEmit('work', (...args) => resolve(args)));
+      // A third server starts serving /late after the request left: it never got it.
+      const newcomer = new Server(http.createServer());
+      newcomer.adapter(createAdapter(AMQP_URL, { exchangeName: cluster.exchangeName, ...SLOW_HEARTBEATS }));
+      try {
+        await within(newcomer.of('/late').adapter.init(), 'the newcomer to serve /late');
+        await eventually(async () => (await a.of('/late').adapter.serverCount()) === 3, 'A to count the newcomer');
+        release();
+        const [err, replies] = await within(answer, 'the request to end');
+        assert.ok(err, 'an answer without the newcomer is not presented as complete');
+        assert.equal(err.code, 'INCOMPLETE');
+        const uid = newcomer.of('/late').adapter.uid;
+        assert.match(err.message, new RegExp(`server ${uid} started serving /late during the request and did not answer`));
+        assert.deepEqual(replies, ['from b']);
+        assert.deepEqual(err.partial, ['from b']);
+      } finally {
+        await newcomer.close();
       }
     } finally {
       await cluster.close();

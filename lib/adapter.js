@@ -182,9 +182,10 @@ class AmqpAdapter extends Adapter {
       const found = local;
       this._cluster.track(requestId, {
         onReply: (item) => found.push(...decodeValue(item.packet)),
-        onDone: ({ closed, timedOut, answered }) => {
+        onDone: ({ closed, timedOut, answered, incomplete }) => {
           if (closed) reject(new Error('socket.io-amqp0-native: the adapter was closed during fetchSockets()'));
           else if (timedOut) reject(new Error(`timeout reached: only ${answered} responses received out of ${expected}`));
+          else if (incomplete) reject(incompleteError('fetchSockets()', incomplete, found));
           else resolve(found);
         },
       });
@@ -231,9 +232,10 @@ class AmqpAdapter extends Adapter {
     const replies = [];
     this._cluster.track(requestId, {
       onReply: (item) => replies.push(decodeValue(item.packet)),
-      onDone: ({ closed, timedOut, answered }) => {
+      onDone: ({ closed, timedOut, answered, incomplete }) => {
         if (closed) ack(new Error('socket.io-amqp0-native: the adapter was closed during serverSideEmit()'), replies);
         else if (timedOut) ack(new Error(`timeout reached: only ${answered} responses received out of ${expected}`), replies);
+        else if (incomplete) ack(incompleteError('serverSideEmit()', incomplete, replies), replies);
         else ack(null, replies);
       },
     });
@@ -393,6 +395,17 @@ class AmqpAdapter extends Adapter {
     if (!packet) throw new Error('socket.io-amqp0-native: an incomplete packet arrived from another server');
     return packet;
   }
+}
+
+/**
+ * A request whose answer lacks some servers' replies (a server left before answering, or joined the
+ * namespace meanwhile and did not answer): an error saying which, carrying what did arrive.
+ */
+function incompleteError(operation, reason, partial) {
+  const error = new Error(`socket.io-amqp0-native: ${operation} is incomplete: ${reason}`);
+  error.code = 'INCOMPLETE';
+  error.partial = partial;
+  return error;
 }
 
 function listOf(set) {

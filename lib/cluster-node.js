@@ -92,7 +92,7 @@ class ClusterNode {
       // Nothing will answer any more: end what still waits instead of leaving it hanging.
       const pending = [...this.requests.values()];
       this.requests.clear();
-      for (const handler of pending) handler.onDone({ closed: true, timedOut: false, answered: 0 });
+      for (const handler of pending) handler.onDone({ closed: true, timedOut: false, answered: 0, incomplete: null });
     }
     return this.closing;
   }
@@ -166,7 +166,7 @@ class ClusterNode {
       case 'done': {
         const handler = this.requests.get(item.requestId);
         this.requests.delete(item.requestId);
-        handler?.onDone({ closed: false, timedOut: item.timedOut, answered: item.count });
+        handler?.onDone({ closed: false, timedOut: item.timedOut, answered: item.count, incomplete: item.message ?? null });
         break;
       }
       default:

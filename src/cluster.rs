@@ -17,7 +17,7 @@
 use crate::connection::panic_text;
 use crate::membership::Peers;
 use crate::outbox::Outbox;
-use crate::requests::{Reply, Requests};
+use crate::requests::{Departure, Outcome, Reply, Requests};
 use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
 use crate::throttle::Throttle;
@@ -104,12 +104,14 @@ pub enum Drained {
     },
     /// A reply to one of this server's requests.
     Reply { request_id: u32, message: Message },
-    /// The request got every reply it waited for (or the servers it waited on left), or timed out
-    /// with `answered` servers having replied.
+    /// The request got every reply it waited for, or timed out with `answered` servers having
+    /// replied, or ended `incomplete` (a server it waited on left, or one joined the namespace
+    /// meanwhile and did not answer: the reason says which).
     RequestDone {
         request_id: u32,
         timed_out: bool,
         answered: u32,
+        incomplete: Option<String>,
     },
     /// Something the user should hear about (the adapter's `error` event).
     Error(String),
@@ -431,7 +433,7 @@ impl Node {
         if expected == 0 {
             return (0, 0);
         }
-        let id = self.requests.lock().open(servers);
+        let id = self.requests.lock().open(nsp, servers);
         self.expire_after(id, timeout);
         self.publish(nsp, make(id));
         (id, expected)
@@ -572,6 +574,7 @@ impl Node {
                         request_id: id,
                         timed_out: true,
                         answered: answered as u32,
+                        incomplete: None,
                     }));
                 }
             }
@@ -637,9 +640,7 @@ impl Node {
                 namespaces,
                 room_routing,
             } => {
-                self.peers
-                    .lock()
-                    .update(from, namespaces, room_routing, now);
+                self.peer_announced(from, namespaces, room_routing, now);
                 // Answer so the newcomer counts this server without waiting for a heartbeat. The
                 // connection task writes the answer when it sends it, not now: a namespace list
                 // taken here could be overtaken by the heartbeat of a bind in progress and then
@@ -651,15 +652,10 @@ impl Node {
             Message::Heartbeat {
                 namespaces,
                 room_routing,
-            } => {
-                return self
-                    .peers
-                    .lock()
-                    .update(from, namespaces, room_routing, now);
-            }
+            } => return self.peer_announced(from, namespaces, room_routing, now),
             Message::Goodbye => {
                 self.peers.lock().remove(from);
-                return self.forget_server(from);
+                return self.forget_server(from, Departure::Closed);
             }
             _ => self.peers.lock().touch(from, now),
         }
@@ -810,7 +806,7 @@ impl Node {
         // Only fetches and server-side emits count replies per server; ack broadcasts are counted
         // by Socket.IO itself, so any number of their replies is accepted until the timeout.
         let outcome = self.requests.lock().on_reply(request_id, from);
-        let Reply::Accepted { complete } = outcome else {
+        let Reply::Accepted { done } = outcome else {
             return;
         };
         let empty_fetch =
@@ -821,12 +817,33 @@ impl Node {
                 message,
             }));
         }
-        if complete {
-            self.push(Inbound::Ready(Drained::RequestDone {
-                request_id,
-                timed_out: false,
-                answered: 0,
-            }));
+        if let Some(outcome) = done {
+            self.request_done(request_id, outcome);
+        }
+    }
+
+    fn request_done(&self, request_id: u32, outcome: Outcome) {
+        let (answered, incomplete) = match outcome {
+            Outcome::Complete => (0, None),
+            Outcome::Incomplete { answered, reason } => (answered as u32, Some(reason)),
+        };
+        self.push(Inbound::Ready(Drained::RequestDone {
+            request_id,
+            timed_out: false,
+            answered,
+            incomplete,
+        }));
+    }
+
+    /// A hello or heartbeat: the peer serves `namespaces` now. Requests to a namespace it just
+    /// started serving must not end as if it did not exist.
+    fn peer_announced(&self, uid: &str, namespaces: Vec<String>, room_routing: bool, now: Instant) {
+        let added = self.peers.lock().update(uid, namespaces, room_routing, now);
+        if !added.is_empty() {
+            let mut requests = self.requests.lock();
+            for nsp in &added {
+                requests.server_joined(nsp, uid);
+            }
         }
     }
 
@@ -836,19 +853,15 @@ impl Node {
             .lock()
             .expire(Instant::now(), self.config.heartbeat_timeout);
         for uid in dead {
-            self.forget_server(&uid);
+            self.forget_server(&uid, Departure::Silent);
         }
     }
 
-    /// A server left (goodbye or silence): requests that only waited on it are done.
-    pub(crate) fn forget_server(&self, uid: &str) {
-        let complete = self.requests.lock().forget_server(uid);
-        for request_id in complete {
-            self.push(Inbound::Ready(Drained::RequestDone {
-                request_id,
-                timed_out: false,
-                answered: 0,
-            }));
+    /// A server left: requests that still waited on it end, saying so.
+    pub(crate) fn forget_server(&self, uid: &str, why: Departure) {
+        let ended = self.requests.lock().forget_server(uid, why);
+        for (request_id, outcome) in ended {
+            self.request_done(request_id, outcome);
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::cluster::{Control, Drained, Inbound, Node};
 use crate::outbox::{Outbox, MAX_BATCH};
+use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{
     connect_any, namespace_key, room_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
@@ -307,7 +308,7 @@ impl Node {
         // Their heartbeats re-register them after the reconnect.
         let peers = self.peers.lock().clear();
         for uid in peers {
-            self.forget_server(&uid);
+            self.forget_server(&uid, Departure::Disconnected);
         }
         self.push(Inbound::Ready(Drained::Disconnected(reason)));
     }

@@ -23,14 +23,28 @@ pub struct Peers {
 
 impl Peers {
     /// Records a heartbeat: the peer is alive, serves exactly `namespaces`, and binds its rooms
-    /// or not.
-    pub fn update(&mut self, uid: &str, namespaces: Vec<String>, room_routing: bool, now: Instant) {
+    /// or not. Returns the namespaces it did not serve before (all of them for a new peer).
+    pub fn update(
+        &mut self,
+        uid: &str,
+        namespaces: Vec<String>,
+        room_routing: bool,
+        now: Instant,
+    ) -> Vec<String> {
+        let namespaces: HashSet<String> = namespaces.into_iter().collect();
+        let before = self.peers.get(uid).map(|peer| &peer.namespaces);
+        let added = namespaces
+            .iter()
+            .filter(|nsp| before.is_none_or(|known| !known.contains(*nsp)))
+            .cloned()
+            .collect();
         let peer = Peer {
             last_seen: now,
-            namespaces: namespaces.into_iter().collect(),
+            namespaces,
             room_routing,
         };
         self.peers.insert(uid.to_string(), peer);
+        added
     }
 
     /// Any other message from a known peer keeps it alive.
@@ -100,7 +114,18 @@ mod tests {
     fn counts_peers_per_namespace() {
         let now = Instant::now();
         let mut peers = Peers::default();
-        peers.update("a", names(&["/", "/chat"]), false, now);
+        let mut added = peers.update("a", names(&["/", "/chat"]), false, now);
+        added.sort();
+        assert_eq!(
+            added,
+            names(&["/", "/chat"]),
+            "a new peer serves all it lists"
+        );
+        peers.update("b", names(&["/"]), false, now);
+        assert_eq!(
+            peers.update("b", names(&["/", "/x"]), false, now),
+            names(&["/x"])
+        );
         peers.update("b", names(&["/"]), false, now);
         assert_eq!(peers.serving_count("/"), 2);
         assert_eq!(peers.serving_count("/chat"), 1);

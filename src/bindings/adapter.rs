@@ -34,7 +34,8 @@ pub struct NodeOptions {
 /// - "fetch": nsp, slots, from, requestId
 /// - "serverSideEmit": nsp, packet (the arguments); with an ack also from, requestId
 /// - "reply": requestId, replyTo ("fetch" | "serverSideEmit" | "clientCount" | "ack"), packet or count
-/// - "done": requestId, timedOut, count (servers that answered, when timed out)
+/// - "done": requestId, timedOut, count (servers that answered, when timed out or incomplete),
+///   message (when incomplete: which servers' answers are missing and why)
 /// - "error": message
 /// - "connectionLost": message (reconnecting)
 /// - "reconnected": count (attempts it took)
@@ -317,11 +318,13 @@ fn to_js_item(item: Drained) -> DrainedItem {
             request_id,
             timed_out,
             answered,
+            incomplete,
         } => DrainedItem {
             kind: kind("done"),
             request_id: Some(request_id),
             timed_out: Some(timed_out),
             count: Some(answered),
+            message: incomplete,
             ..Default::default()
         },
         Drained::Error(message) => DrainedItem {
