@@ -45,6 +45,13 @@ export interface AmqpAdapterOptions {
    * promise that resolves once the broker routes the room here. Set it on every server. Default false.
    */
   roomRouting?: boolean;
+  /**
+   * How long the broker keeps this server's queue after its connection is lost, in ms (the
+   * queue's `x-expires`): messages sent while it reconnects wait there for it. A server that is
+   * closed deletes its queue at once; a crashed one's queue goes after this. Default
+   * `max(10000, 2 * (reconnectDelayMax + connectTimeout))`: 70000 with the defaults.
+   */
+  queueExpiry?: number;
   /** TLS settings for `amqps://` URLs. */
   tls?: {
     /** CA certificate(s), PEM, trusted in addition to the system's (e.g. a self-signed CA). */
@@ -75,10 +82,36 @@ export interface AdapterStats {
   malformed: number;
   /** Times a connection was made after the previous one was lost, or after failed first attempts. */
   reconnects: number;
+  /** Redeliveries after a reconnect of messages handled already: dropped, not delivered twice. */
+  duplicates: number;
+  /** Messages other servers sent here that never arrived (sequence gaps; see the `missed` event). */
+  missed: number;
+  /** Reconnects that found this server's queue gone (a broker restart, or an outage past `queueExpiry`). */
+  queuesLost: number;
   /** Publishes waiting to go out, e.g. during an outage (a gauge). */
   buffered: number;
   /** Requests of this server still waiting for replies or their timeout (a gauge). */
   pendingRequests: number;
+}
+
+/** What a `missed` event reports: a gap in one sender's messages to one routing key. */
+export interface MissedMessages {
+  /** How many messages never arrived. */
+  count: number;
+  /** The sender's uid (a server's `adapter.uid`, or an emitter's). */
+  from: string;
+  /** The routing key they were sent to: `nsp:<namespace>`, or `srv:<uid>` for replies. */
+  routingKey: string;
+}
+
+/**
+ * An error of `fetchSockets()` or `serverSideEmit(..., ack)` whose answer lacks some servers'
+ * replies: one left before answering, or started serving the namespace during the request and
+ * did not answer. The message names them and why; `partial` holds what did arrive.
+ */
+export interface IncompleteAnswerError extends Error {
+  code: 'INCOMPLETE';
+  partial: unknown[];
 }
 
 /**
@@ -95,6 +128,8 @@ export interface AdapterStats {
  *   restored, buffered publishes sent;
  * - `dropped` (count): the publish buffer was full and this many of the oldest were dropped
  *   (always logged too);
+ * - `missed` ({@link MissedMessages}): messages another server sent here never arrived — its
+ *   sequence numbers jumped, after a broker restart or an expired queue (always logged too);
  * - `create-room`, `join-room`, `leave-room`, `delete-room`, as the in-memory adapter.
  */
 export declare class AmqpAdapter extends Adapter {
@@ -117,6 +152,7 @@ export declare class AmqpAdapter extends Adapter {
   on(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
   on(event: 'reconnect', listener: (attempts: number) => void): this;
   on(event: 'dropped', listener: (count: number) => void): this;
+  on(event: 'missed', listener: (missed: MissedMessages) => void): this;
   on(event: 'create-room' | 'delete-room', listener: (room: Room) => void): this;
   on(event: 'join-room' | 'leave-room', listener: (room: Room, id: SocketId) => void): this;
   on(event: string | symbol, listener: (...args: any[]) => void): this;

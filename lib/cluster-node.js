@@ -27,6 +27,7 @@ class ClusterNode {
             heartbeatIntervalMs: options.heartbeatInterval,
             heartbeatTimeoutMs: options.heartbeatTimeout,
             roomRouting: options.roomRouting,
+            queueExpiryMs: options.queueExpiry,
           },
           () => this._onWake(),
         );
@@ -160,6 +161,13 @@ class ClusterNode {
         this._emitToListeners('dropped', item.count);
         console.warn(`${LOG_PREFIX} the publish buffer is full: dropped the ${item.count} oldest message(s)`);
         break;
+      case 'missed': {
+        // A sequence gap: messages another server sent here never arrived. Always logged.
+        const info = { count: item.count, from: item.from, routingKey: item.message };
+        this._emitToListeners('missed', info);
+        console.warn(`${LOG_PREFIX} ${item.count} message(s) from ${item.from} to "${item.message}" never arrived (a broker restart or an expired queue)`);
+        break;
+      }
       case 'reply':
         this.requests.get(item.requestId)?.onReply(item);
         break;

@@ -31,6 +31,7 @@ const COUNTS = {
   heartbeatTimeout: [1, 3600000],
   reconnectDelay: [1, 3600000],
   reconnectDelayMax: [1, 3600000],
+  queueExpiry: [1000, 2147483647],
 };
 const COMMON = ['amqpUrl', 'tls', 'exchangeName', 'queuePrefix', 'instanceName', 'connectTimeout', 'publishBufferSize', 'reconnectDelay', 'reconnectDelayMax'];
 
@@ -48,6 +49,7 @@ const KINDS = {
       'heartbeatInterval',
       'heartbeatTimeout',
       'roomRouting',
+      'queueExpiry',
     ]),
   },
   // queuePrefix and instanceName are accepted so one options object can serve the adapter and the
@@ -131,6 +133,7 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   const resolved = { ...DEFAULTS, instanceName: os.hostname(), ...options, amqpUrls: urls };
   delete resolved.amqpUrl;
   if (resolved.reconnectDelayMax < resolved.reconnectDelay) fail('reconnectDelayMax must be at least reconnectDelay');
+  if (kind === 'adapter' && resolved.queueExpiry === undefined) resolved.queueExpiry = defaultQueueExpiry(resolved);
   if (resolved.heartbeatTimeout <= resolved.heartbeatInterval) {
     fail('heartbeatTimeout must be longer than heartbeatInterval, or live servers would be dropped');
   }
@@ -138,6 +141,15 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   const queueBytes = Buffer.byteLength(`${resolved.queuePrefix}.${resolved.instanceName}.`) + 16;
   if (queueBytes > MAX_NAME_BYTES) fail('queuePrefix and instanceName together are too long for a queue name');
   return resolved;
+}
+
+/**
+ * How long the broker keeps a server's queue after its connection is lost: long enough for the
+ * slowest reconnect (the longest backoff plus a connect attempt) twice over, and at least 10 s.
+ * A server back within it finds what was sent meanwhile waiting; a crashed one's queue goes.
+ */
+function defaultQueueExpiry({ reconnectDelayMax, connectTimeout }) {
+  return Math.max(10000, 2 * (reconnectDelayMax + connectTimeout));
 }
 
 // The reason a URL string cannot be used, or null. Checked before connecting so a typo gets a
@@ -185,4 +197,4 @@ function brokerSettings(options) {
   };
 }
 
-module.exports = { normalizeOptions, urlProblem, brokerSettings, DEFAULTS };
+module.exports = { normalizeOptions, urlProblem, brokerSettings, defaultQueueExpiry, DEFAULTS };

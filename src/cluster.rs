@@ -20,11 +20,10 @@ use crate::outbox::Outbox;
 use crate::requests::{Departure, Outcome, Reply, Requests};
 use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
+use crate::sequence::{Tracker, Verdict};
 use crate::throttle::Throttle;
 use crate::transport::{namespace_key, room_key, routable_room, server_key, BrokerConfig};
-use crate::wire::{
-    self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION,
-};
+use crate::wire::{self, AckRequest, Envelope, Message, PacketPart, Target, WriteFlags};
 use futures_lite::FutureExt;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -50,6 +49,9 @@ pub struct NodeConfig {
     /// Bind a key per room with local members and send single-room broadcasts by room (see
     /// `room_bindings.rs`).
     pub room_routing: bool,
+    /// How long the broker keeps this server's queue after its connection is lost (`x-expires`):
+    /// what is sent meanwhile waits for the reconnect.
+    pub queue_expiry: Duration,
 }
 
 /// One namespace served by this node.
@@ -121,6 +123,12 @@ pub enum Drained {
     Reconnected { attempts: u32 },
     /// The outage buffer was full: this many of the oldest publishes were dropped.
     Dropped { count: u64 },
+    /// `count` messages of `from` to routing key `key` never arrived (see `sequence.rs`).
+    Missed {
+        from: String,
+        key: String,
+        count: u64,
+    },
 }
 
 /// Inbox items: like [`Drained`], but targets are resolved to slots only when the host takes them,
@@ -172,6 +180,13 @@ pub struct Stats {
     pub host_wakeups: AtomicU64,
     pub malformed: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Redeliveries after a reconnect that had been handled already, dropped.
+    pub duplicates: AtomicU64,
+    /// Messages other servers sent to this one that never arrived (sequence gaps).
+    pub missed: AtomicU64,
+    /// Reconnects that found this server's queue gone (a broker restart, or an outage longer
+    /// than the queue expiry).
+    pub queues_lost: AtomicU64,
 }
 
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
@@ -185,6 +200,11 @@ pub struct Node {
     pub(crate) wanted: Mutex<BTreeSet<String>>,
     /// Namespaces bound in the current session: what heartbeats announce.
     pub(crate) bound: Mutex<BTreeSet<String>>,
+    /// Namespaces whose key the queue has at the broker. The queue outlives a session, so its
+    /// bindings do too: a namespace released while offline is unbound by the next session.
+    pub(crate) queue_namespaces: Mutex<BTreeSet<String>>,
+    /// What this server has seen of each sender: drops redeliveries, counts gaps.
+    pub(crate) tracker: Mutex<Tracker>,
     pub(crate) peers: Mutex<Peers>,
     /// A peer said hello: the connection task owes it a heartbeat.
     pub(crate) hello_answer_due: AtomicBool,
@@ -220,6 +240,8 @@ impl Node {
             namespaces: RwLock::default(),
             wanted: Mutex::default(),
             bound: Mutex::default(),
+            queue_namespaces: Mutex::default(),
+            tracker: Mutex::default(),
             peers: Mutex::default(),
             hello_answer_due: AtomicBool::new(false),
             rooms: RoomBindings::default(),
@@ -552,12 +574,7 @@ impl Node {
     }
 
     pub(crate) fn envelope(&self, nsp: &str, message: Message) -> Envelope {
-        Envelope {
-            v: PROTOCOL_VERSION,
-            uid: self.uid.clone(),
-            nsp: nsp.to_string(),
-            message,
-        }
+        Envelope::new(&self.uid, nsp, message)
     }
 
     fn expire_after(self: &Arc<Self>, id: u32, timeout: Duration) {
@@ -581,7 +598,8 @@ impl Node {
         });
     }
 
-    pub(crate) async fn on_message(&self, body: &[u8]) {
+    /// One AMQP message, delivered through routing key `key`.
+    pub(crate) async fn on_message(&self, body: &[u8], key: &str) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let envelope = match wire::decode(body) {
             Ok(envelope) => envelope,
@@ -591,11 +609,32 @@ impl Node {
             uid: from,
             nsp,
             message,
+            seq,
+            key_seq,
             ..
         } = envelope;
         if from == self.uid {
             self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        let verdict = self
+            .tracker
+            .lock()
+            .observe(&from, key, seq, key_seq, Instant::now());
+        match verdict {
+            Verdict::Duplicate => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Verdict::Fresh { missed } if missed > 0 => {
+                self.stats.missed.fetch_add(missed, Ordering::Relaxed);
+                self.push(Inbound::Ready(Drained::Missed {
+                    from: from.clone(),
+                    key: key.to_string(),
+                    count: missed,
+                }));
+            }
+            Verdict::Fresh { .. } => {}
         }
         match message {
             Message::Batch(messages) => {
@@ -855,10 +894,13 @@ impl Node {
         for uid in dead {
             self.forget_server(&uid, Departure::Silent);
         }
+        let memory = SENDER_MEMORY.max(self.config.queue_expiry * 2);
+        self.tracker.lock().expire(Instant::now(), memory);
     }
 
     /// A server left: requests that still waited on it end, saying so.
     pub(crate) fn forget_server(&self, uid: &str, why: Departure) {
+        self.outbox.forget_stream(&server_key(uid));
         let ended = self.requests.lock().forget_server(uid, why);
         for (request_id, outcome) in ended {
             self.request_done(request_id, outcome);
@@ -917,6 +959,11 @@ impl Node {
         }
     }
 }
+
+/// How long a sender's sequence numbers are remembered after its last message (at least; twice
+/// the queue expiry when that is longer): a server back from a long outage still has its gaps
+/// counted, and emitters that came and went are forgotten.
+const SENDER_MEMORY: Duration = Duration::from_secs(15 * 60);
 
 /// 64 random bits as hex: the node's identity on the bus (and part of its queue name).
 pub(crate) fn random_uid() -> String {

@@ -11,8 +11,9 @@ use crate::transport::{
     connect_any, namespace_key, room_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
 };
 use crate::wire::{self, Envelope, Message};
-use futures_lite::{FutureExt, StreamExt};
+use futures_lite::{future, FutureExt, StreamExt};
 use lapin::options::BasicAckOptions;
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Node {
         let mut preferred_url = 0;
         let mut last_error: String;
         loop {
-            let attempt = self.connect_any(&mut preferred_url);
+            let attempt = self.connect_any(&mut preferred_url, ever_connected);
             let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
             else {
                 break;
@@ -72,12 +73,14 @@ impl Node {
                         SessionEnd::Closed => {
                             self.rooms.session_ended();
                             // Whatever was emitted before close() still goes out, then the others
-                            // stop counting this server.
+                            // stop counting this server, and its queue goes: nobody will come
+                            // back for it.
                             let _ = self.flush(&transport).await;
                             let goodbye = self.envelope("", Message::Goodbye);
-                            let _ = self
-                                .publish_counted(&transport, CLUSTER_KEY, &goodbye)
-                                .await;
+                            let _ = self.publish_counted(&transport, CLUSTER_KEY, goodbye).await;
+                            if let Err(error) = transport.delete_queue().await {
+                                self.report(format!("{error}; the broker deletes it by itself once its expiry passes"));
+                            }
                             transport.close().await;
                             refuse_all(&mut control, "the adapter is closed");
                             return;
@@ -113,10 +116,12 @@ impl Node {
         refuse_all(&mut control, "the adapter is closed");
     }
 
-    /// Tries each URL once, starting with the last one that worked.
+    /// Tries each URL once, starting with the last one that worked. `queue_existed`: an earlier
+    /// session declared the queue (the transport then finds out whether it is still there).
     async fn connect_any(
         &self,
         preferred: &mut usize,
+        queue_existed: bool,
     ) -> Result<(Transport, lapin::Consumer), String> {
         let broker = &self.config.broker;
         let default_name = format!(
@@ -127,6 +132,8 @@ impl Node {
             queue: Some(self.queue.clone()),
             prefetch: self.config.prefetch,
             initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
+            queue_expiry: self.config.queue_expiry,
+            queue_existed,
             ..broker.transport(url, default_name.clone())
         };
         let (transport, consumer) = connect_any(&broker.urls, preferred, config_for).await?;
@@ -149,19 +156,18 @@ impl Node {
         let (lost_tx, mut lost) = oneshot::channel();
         tokio::spawn(self.clone().consume(consumer, lost_tx));
 
-        let wanted: Vec<String> = self.wanted.lock().iter().cloned().collect();
-        for nsp in wanted {
-            if let Err(error) = transport.bind(&namespace_key(&nsp)).await {
-                return SessionEnd::Lost(error);
-            }
-            self.bound.lock().insert(nsp);
+        let queue_kept = transport.queue_kept();
+        if reconnected_after.is_some() && !queue_kept {
+            self.on_queue_lost();
+        }
+        if let Err(error) = self.bind_namespaces(transport).await {
+            return SessionEnd::Lost(error);
         }
         if self.config.room_routing {
-            let generation = self.rooms.session_started();
-            if let Err(error) = self
-                .sync_rooms(transport, self.all_rooms(), generation)
-                .await
-            {
+            let generation = self.rooms.session_started(queue_kept);
+            let mut rooms = self.all_rooms();
+            rooms.extend(self.rooms.all_bound());
+            if let Err(error) = self.sync_rooms(transport, rooms, generation).await {
                 return SessionEnd::Lost(error);
             }
         }
@@ -208,6 +214,50 @@ impl Node {
         }
     }
 
+    /// The queue was gone when this session connected: so are its bindings, and whatever was
+    /// sent to it meanwhile. Gaps are counted as the senders' next messages arrive.
+    fn on_queue_lost(&self) {
+        self.queue_namespaces.lock().clear();
+        self.stats.queues_lost.fetch_add(1, Ordering::Relaxed);
+        self.report(format!(
+            "this server's queue '{}' was gone when it reconnected (the broker restarted, or the \
+             outage outlasted queueExpiry, {} ms): messages sent to it meanwhile are lost; those \
+             of other servers are counted as 'missed' when their next messages arrive",
+            self.queue,
+            self.config.queue_expiry.as_millis()
+        ));
+    }
+
+    /// Makes the queue's namespace bindings what the host wants: unbinds those released while
+    /// offline (the queue kept them), binds every wanted one (again: binding is idempotent).
+    async fn bind_namespaces(&self, transport: &Transport) -> Result<(), String> {
+        let wanted: BTreeSet<String> = self.wanted.lock().clone();
+        let stale: Vec<String> = self
+            .queue_namespaces
+            .lock()
+            .difference(&wanted)
+            .cloned()
+            .collect();
+        for nsp in stale {
+            self.unbind_namespace(transport, &nsp).await?;
+        }
+        for nsp in wanted {
+            transport.bind(&namespace_key(&nsp)).await?;
+            self.queue_namespaces.lock().insert(nsp.clone());
+            self.bound.lock().insert(nsp);
+        }
+        Ok(())
+    }
+
+    async fn unbind_namespace(&self, transport: &Transport, nsp: &str) -> Result<(), String> {
+        let key = namespace_key(nsp);
+        transport.unbind(&key).await?;
+        self.queue_namespaces.lock().remove(nsp);
+        // A later bind starts a new count: what was sent while unbound was never ours.
+        self.tracker.lock().forget_key(&key);
+        Ok(())
+    }
+
     async fn flush(&self, transport: &Transport) -> Result<(), String> {
         flush(&self.outbox, transport, &self.stats.published).await
     }
@@ -251,6 +301,9 @@ impl Node {
                 self.wanted.lock().insert(nsp.clone());
                 let result = transport.bind(&namespace_key(&nsp)).await;
                 let failed = result.clone().err();
+                if result.is_ok() {
+                    self.queue_namespaces.lock().insert(nsp.clone());
+                }
                 let newly_bound = result.is_ok() && self.bound.lock().insert(nsp);
                 let _ = done.send(result);
                 if let Some(error) = failed {
@@ -262,7 +315,7 @@ impl Node {
             }
             Control::Unbind { nsp } => {
                 self.wanted.lock().remove(&nsp);
-                transport.unbind(&namespace_key(&nsp)).await?;
+                self.unbind_namespace(transport, &nsp).await?;
                 if self.bound.lock().remove(&nsp) {
                     self.announce(transport, false).await?;
                 }
@@ -316,17 +369,18 @@ impl Node {
     /// Tells every server which namespaces this one serves (`hello` asks them to answer).
     async fn announce(&self, transport: &Transport, hello: bool) -> Result<(), String> {
         let envelope = self.envelope("", self.announcement(hello));
-        self.publish_counted(transport, CLUSTER_KEY, &envelope)
-            .await
+        self.publish_counted(transport, CLUSTER_KEY, envelope).await
     }
 
+    /// Publishes around the outbox (announcements, goodbye), numbered in publish order.
     async fn publish_counted(
         &self,
         transport: &Transport,
         key: &str,
-        envelope: &Envelope,
+        mut envelope: Envelope,
     ) -> Result<(), String> {
-        transport.publish(key, &wire::encode(envelope)).await?;
+        self.outbox.stamp(key, &mut envelope);
+        transport.publish(key, &wire::encode(&envelope)).await?;
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -337,13 +391,29 @@ impl Node {
         lost: oneshot::Sender<String>,
     ) {
         let ack_batch = (u32::from(self.config.prefetch) / 4).max(1);
+        let multiple = BasicAckOptions { multiple: true };
         let mut unacked = 0;
+        // The last delivery handled and not acknowledged yet: acking it acknowledges all before.
+        let mut to_ack: Option<lapin::message::Delivery> = None;
         let reason = loop {
-            match consumer.next().await {
+            let next = match future::poll_once(consumer.next()).await {
+                Some(next) => next,
+                None => {
+                    // Idle: acknowledge what was handled now, not when more traffic comes (the
+                    // queue outlives the connection, so unacked messages would be redelivered).
+                    if let Some(delivery) = to_ack.take() {
+                        unacked = 0;
+                        let _ = delivery.ack(multiple).await;
+                    }
+                    consumer.next().await
+                }
+            };
+            match next {
                 Some(Ok(delivery)) => {
                     // Panics in handling are contained per message (see `dispatch_contained`);
                     // this catches what is left (decoding) so the consumer always goes on.
-                    let handled = AssertUnwindSafe(self.on_message(&delivery.data))
+                    let key = delivery.routing_key.as_str();
+                    let handled = AssertUnwindSafe(self.on_message(&delivery.data, key))
                         .catch_unwind()
                         .await;
                     if let Err(panic) = handled {
@@ -352,14 +422,16 @@ impl Node {
                             panic_text(&panic)
                         ));
                     }
-                    // Acks go out in batches (one frame acknowledges every delivery up to this
-                    // one), a quarter of the prefetch window at a time, so the window never
-                    // closes but the broker is not sent one ack per message.
+                    // Under load acks go out in batches (one frame acknowledges every delivery
+                    // up to this one), a quarter of the prefetch window at a time, so the window
+                    // never closes but the broker is not sent one ack per message.
                     unacked += 1;
                     if unacked >= ack_batch {
                         unacked = 0;
-                        let multiple = BasicAckOptions { multiple: true };
+                        to_ack = None;
                         let _ = delivery.ack(multiple).await;
+                    } else {
+                        to_ack = Some(delivery);
                     }
                 }
                 Some(Err(error)) => break format!("the broker connection failed: {error}"),

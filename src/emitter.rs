@@ -20,7 +20,7 @@ use crate::connection::{backoff, closed, connect_unless_closed, flush, jitter_se
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
 use crate::transport::{connect_any, namespace_key, BrokerConfig, Transport};
-use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags, PROTOCOL_VERSION};
+use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -120,12 +120,7 @@ impl Emitter {
 
     /// Sends `parts` (an already encoded packet) as a broadcast; the lowest-level entry point.
     pub fn publish(&self, nsp: &str, message: Message) {
-        let envelope = Envelope {
-            v: PROTOCOL_VERSION,
-            uid: self.uid.clone(),
-            nsp: nsp.to_string(),
-            message,
-        };
+        let envelope = Envelope::new(&self.uid, nsp, message);
         if let Some(count) = self.outbox.push(namespace_key(nsp), envelope) {
             self.report(EmitterEvent::Dropped { count });
         }

@@ -14,6 +14,7 @@ pub mod packet;
 pub mod requests;
 mod room_bindings;
 pub mod room_index;
+mod sequence;
 mod throttle;
 pub mod transport;
 pub mod wire;

@@ -4,6 +4,7 @@
 //! clients. Pushing never blocks. The outbox counts what it drops and says when a report is due
 //! (at most once a second: drops come in floods during outages).
 
+use crate::sequence::Stamper;
 use crate::throttle::Throttle;
 use crate::wire::{Envelope, Message};
 use parking_lot::Mutex;
@@ -17,6 +18,7 @@ pub(crate) const MAX_BATCH: usize = 256;
 
 pub(crate) struct Outbox {
     queue: Mutex<VecDeque<(String, Envelope)>>,
+    stamper: Mutex<Stamper>,
     ready: Notify,
     capacity: usize,
     dropped: AtomicU64,
@@ -28,6 +30,7 @@ impl Outbox {
     pub(crate) fn new(capacity: usize) -> Self {
         Outbox {
             queue: Mutex::default(),
+            stamper: Mutex::default(),
             ready: Notify::new(),
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
@@ -83,13 +86,22 @@ impl Outbox {
     /// Pops the next publish together with the ones right behind it that go to the same routing
     /// key and namespace (up to `max`), as one envelope: a [`Message::Batch`] when there were
     /// several. Order is kept; under load this turns many small publishes into a few large ones.
+    ///
+    /// What it pops is numbered ([`stamp`](Self::stamp)), in pop order, which is publish order:
+    /// only the connection task pops. A numbered envelope put back after a failed publish goes
+    /// again as it was, alone, so a receiver that did get it the first time drops the copy.
     pub(crate) fn pop_batch(&self, max: usize) -> Option<(String, Envelope)> {
         let mut queue = self.queue.lock();
         let (key, mut first) = queue.pop_front()?;
+        if first.seq.is_some() {
+            return Some((key, first));
+        }
         let mut batch = Vec::new();
         while batch.len() + 1 < max {
             match queue.front() {
-                Some((next_key, next)) if *next_key == key && next.nsp == first.nsp => {
+                Some((next_key, next))
+                    if *next_key == key && next.nsp == first.nsp && next.seq.is_none() =>
+                {
                     let (_, next) = queue.pop_front().expect("front exists");
                     batch.push(next.message);
                 }
@@ -101,7 +113,22 @@ impl Outbox {
             batch.insert(0, head);
             first.message = Message::Batch(batch);
         }
+        self.stamp(&key, &mut first);
         Some((key, first))
+    }
+
+    /// Numbers an envelope about to be published to `key` (see `sequence.rs`). The connection
+    /// task calls it for what it publishes around the outbox (announcements, goodbye), in the
+    /// order it publishes.
+    pub(crate) fn stamp(&self, key: &str, envelope: &mut Envelope) {
+        let (seq, key_seq) = self.stamper.lock().next(key);
+        envelope.seq = Some(seq);
+        envelope.key_seq = key_seq;
+    }
+
+    /// Stops numbering messages to `key` (a departed server's reply key).
+    pub(crate) fn forget_stream(&self, key: &str) {
+        self.stamper.lock().forget(key);
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -122,15 +149,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::PROTOCOL_VERSION;
 
     fn envelope(n: u32) -> Envelope {
-        Envelope {
-            v: PROTOCOL_VERSION,
-            uid: n.to_string(),
-            nsp: "/".into(),
-            message: Message::Goodbye,
-        }
+        Envelope::new(&n.to_string(), "/", Message::Goodbye)
     }
 
     #[test]
@@ -186,6 +207,27 @@ mod tests {
         assert_eq!(key, "b");
         assert!(matches!(&capped.message, Message::Batch(inner) if inner.len() == 2));
         assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
+    fn popped_envelopes_are_numbered_and_a_numbered_one_goes_again_alone() {
+        let outbox = Outbox::new(16);
+        for n in 1..=3 {
+            outbox.push("nsp:/".into(), envelope(n));
+        }
+        let (key, batch) = outbox.pop_batch(2).unwrap();
+        assert_eq!((batch.seq, batch.key_seq), (Some(1), Some(1)));
+        // The publish failed: it goes back first, and must not swallow what follows.
+        outbox.push_front(key, batch.clone());
+        outbox.push("nsp:/".into(), envelope(4));
+        let (_, again) = outbox.pop_batch(8).unwrap();
+        assert_eq!(again, batch, "sent again exactly as before");
+        let (_, rest) = outbox.pop_batch(8).unwrap();
+        assert!(matches!(&rest.message, Message::Batch(inner) if inner.len() == 2));
+        assert_eq!((rest.seq, rest.key_seq), (Some(2), Some(2)));
+        let mut goodbye = envelope(9);
+        outbox.stamp("cluster", &mut goodbye);
+        assert_eq!((goodbye.seq, goodbye.key_seq), (Some(3), None));
     }
 
     #[tokio::test]

@@ -80,20 +80,29 @@ impl RoomBindings {
         (dirty.drain().collect(), generation)
     }
 
-    /// A new session (a new, empty queue): nothing is bound, and what is dirty will be covered by
-    /// the full sync that follows. Returns the generation that sync brings the broker up to.
-    pub(crate) fn session_started(&self) -> u64 {
-        self.bound.lock().clear();
+    /// A new session: what is dirty will be covered by the full sync that follows (of every
+    /// room with members and every bound one). With `queue_kept`, the queue and its bindings
+    /// outlived the last session; otherwise nothing is bound. Returns the generation that sync
+    /// brings the broker up to.
+    pub(crate) fn session_started(&self, queue_kept: bool) -> u64 {
+        if !queue_kept {
+            self.bound.lock().clear();
+        }
         self.synced.send_replace(0);
         let mut dirty = self.dirty.lock();
         dirty.clear();
         self.requested.load(Ordering::SeqCst)
     }
 
-    /// The session ended: nobody should wait for a broker that is not there.
+    /// The session ended: nobody should wait for a broker that is not there. The queue keeps its
+    /// bindings (see [`session_started`](Self::session_started)).
     pub(crate) fn session_ended(&self) {
-        self.bound.lock().clear();
         self.synced.send_replace(OFFLINE);
+    }
+
+    /// Every bound room.
+    pub(crate) fn all_bound(&self) -> Vec<RoomRef> {
+        self.bound.lock().iter().cloned().collect()
     }
 
     pub(crate) fn is_bound(&self, room: &RoomRef) -> bool {
@@ -181,7 +190,7 @@ mod tests {
             .await
             .expect("offline waiters return at once");
 
-        let start = rooms.session_started();
+        let start = rooms.session_started(false);
         assert_eq!(rooms.take_dirty().0, vec![], "the full sync covers it");
         rooms.mark("/", ["b"]);
         let waiter = rooms.settled();
@@ -209,7 +218,14 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), waiter)
             .await
             .expect("a lost session releases waiters");
-        assert!(!rooms.is_bound(&room("/", "a")));
+        assert!(
+            rooms.is_bound(&room("/", "a")),
+            "the queue keeps its bindings"
+        );
+        rooms.session_started(true);
+        assert_eq!(rooms.all_bound().len(), 2, "the queue was still there");
+        rooms.session_started(false);
+        assert!(rooms.all_bound().is_empty(), "a new queue has no bindings");
     }
 
     #[test]

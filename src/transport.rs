@@ -9,10 +9,10 @@
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::future::Future;
 use std::pin::Pin;
@@ -63,6 +63,8 @@ impl BrokerConfig {
             connect_timeout: self.connect_timeout,
             prefetch: 0,
             initial_bindings: Vec::new(),
+            queue_expiry: Duration::from_secs(60),
+            queue_existed: false,
             tls_ca: self.tls_ca.clone(),
         }
     }
@@ -81,6 +83,11 @@ pub struct TransportConfig {
     pub prefetch: u16,
     /// Routing keys bound before consuming starts (the cluster key, the server's own key).
     pub initial_bindings: Vec<String>,
+    /// The broker deletes the queue this long after its last consumer left: it outlives a lost
+    /// connection, so what is sent meanwhile waits for the reconnect.
+    pub queue_expiry: Duration,
+    /// The queue was declared by an earlier session: find out whether it is still there.
+    pub queue_existed: bool,
     /// Extra CA certificates (PEM) to trust for `amqps://`, besides the system's.
     pub tls_ca: Option<String>,
 }
@@ -90,6 +97,8 @@ pub struct Transport {
     publisher: Channel,
     exchange: String,
     queue: String,
+    /// An earlier session's queue was still there (its messages waited for this session).
+    queue_kept: bool,
 }
 
 /// The routing key every server serving `nsp` binds.
@@ -104,6 +113,12 @@ pub fn server_key(uid: &str) -> String {
 
 /// The routing key every server binds: hellos, heartbeats and goodbyes.
 pub const CLUSTER_KEY: &str = "cluster";
+
+/// Whether a server bound to `key` stays bound for as long as it serves it (namespace and server
+/// keys, not room keys), so a message it missed on that key is a loss (see `sequence.rs`).
+pub fn is_gap_checked_key(key: &str) -> bool {
+    key.starts_with("nsp:") || key.starts_with("srv:")
+}
 
 /// AMQP routing keys are short strings: at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
@@ -192,8 +207,12 @@ impl Transport {
         )
             })?;
 
+        let mut queue_kept = false;
         let consumer = match &config.queue {
-            Some(queue) => Some(Self::consume(&connection, config, queue).await?),
+            Some(queue) => {
+                queue_kept = config.queue_existed && Self::queue_exists(&connection, queue).await?;
+                Some(Self::consume(&connection, config, queue).await?)
+            }
             None => None,
         };
         let transport = Transport {
@@ -201,8 +220,40 @@ impl Transport {
             publisher,
             exchange: config.exchange.clone(),
             queue: config.queue.clone().unwrap_or_default(),
+            queue_kept,
         };
         Ok((transport, consumer))
+    }
+
+    /// Whether `queue` exists (a passive declare; the broker closes the channel when it does
+    /// not, so it gets a channel of its own).
+    async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, String> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("opening a channel failed: {e}"))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = channel.close(200, "checked".into()).await;
+                Ok(true)
+            }
+            Err(error) => match error.kind() {
+                lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404 => Ok(false),
+                _ => Err(format!("looking for the server's queue failed: {error}")),
+            },
+        }
+    }
+
+    /// An earlier session's queue was still there when this one connected.
+    pub fn queue_kept(&self) -> bool {
+        self.queue_kept
     }
 
     /// Declares the server's queue, binds the initial keys and starts consuming.
@@ -223,12 +274,11 @@ impl Transport {
         channel
             .queue_declare(
                 queue.into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
+                // Not exclusive: an exclusive queue dies with its connection, and whatever is
+                // sent to it while the server reconnects is lost. This one waits `x-expires`
+                // for a consumer to come back; `close()` deletes it at once.
+                QueueDeclareOptions::default(),
+                queue_arguments(config.queue_expiry),
             )
             .await
             .map_err(step("declaring the server's queue"))?;
@@ -322,13 +372,29 @@ impl Transport {
             .map_err(|e| format!("publishing failed: {e}"))
     }
 
+    /// Deletes the server's queue (closing for good: nobody will come back for it).
+    pub async fn delete_queue(&self) -> Result<(), String> {
+        self.publisher
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("deleting the queue '{}' failed: {e}", self.queue))
+    }
+
     pub async fn close(&self) {
-        // The broker deletes the exclusive queue with the connection.
         let _ = self
             .connection
             .close(200, "socket.io adapter closed".into())
             .await;
     }
+}
+
+/// The server queue's arguments: `x-expires`, in milliseconds.
+fn queue_arguments(expiry: Duration) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let millis = u32::try_from(expiry.as_millis()).unwrap_or(u32::MAX).max(1);
+    arguments.insert("x-expires".into(), AMQPValue::LongUInt(millis));
+    arguments
 }
 
 type InFlight<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -186,6 +186,28 @@ pub struct Envelope {
     /// The Socket.IO namespace the message belongs to.
     pub nsp: String,
     pub message: Message,
+    /// The sender's number for this AMQP message, from 1 for its lifetime (see `sequence.rs`);
+    /// stamped when it is published. Absent from older versions: then nothing is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// The sender's number for this message among those to the same routing key, on keys whose
+    /// receivers keep them bound (namespace and server keys): a jump is a lost message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_seq: Option<u64>,
+}
+
+impl Envelope {
+    /// An envelope of this protocol version, not numbered yet.
+    pub fn new(uid: &str, nsp: &str, message: Message) -> Envelope {
+        Envelope {
+            v: PROTOCOL_VERSION,
+            uid: uid.to_string(),
+            nsp: nsp.to_string(),
+            message,
+            seq: None,
+            key_seq: None,
+        }
+    }
 }
 
 /// Why an incoming body was dropped.
@@ -260,6 +282,8 @@ mod tests {
                     timeout_ms: 1000,
                 }),
             },
+            seq: Some(41),
+            key_seq: Some(3),
         }
     }
 
@@ -327,14 +351,33 @@ mod tests {
             },
         ];
         for message in messages {
-            let envelope = Envelope {
-                v: PROTOCOL_VERSION,
-                uid: "u".into(),
-                nsp: "/".into(),
-                message,
-            };
+            let envelope = Envelope::new("u", "/", message);
             assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
         }
+    }
+
+    #[test]
+    fn sequence_numbers_are_optional_both_ways() {
+        // A receiver of the version before sequence numbers reads a numbered envelope...
+        #[derive(Deserialize)]
+        struct Unnumbered {
+            v: u32,
+            uid: String,
+            nsp: String,
+            message: Message,
+        }
+        let numbered = sample();
+        let old: Unnumbered = rmp_serde::from_slice(&encode(&numbered)).unwrap();
+        assert_eq!(
+            (old.v, old.uid.as_str(), old.nsp.as_str()),
+            (1, "a1b2", "/chat")
+        );
+        assert_eq!(old.message, numbered.message);
+        // ...and an unnumbered envelope (from that version) decodes without numbers.
+        let plain = Envelope::new("u", "/", Message::Goodbye);
+        let bytes = encode(&plain);
+        assert_eq!(decode(&bytes).unwrap().seq, None);
+        assert!(bytes.len() < encode(&numbered).len());
     }
 
     #[test]
@@ -346,12 +389,7 @@ mod tests {
                 count: 2,
             },
         ];
-        let envelope = Envelope {
-            v: PROTOCOL_VERSION,
-            uid: "u".into(),
-            nsp: "/".into(),
-            message: Message::Batch(inner),
-        };
+        let envelope = Envelope::new("u", "/", Message::Batch(inner));
         assert_eq!(decode(&encode(&envelope)).unwrap(), envelope);
     }
 

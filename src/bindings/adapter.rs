@@ -25,6 +25,7 @@ pub struct NodeOptions {
     pub heartbeat_interval_ms: u32,
     pub heartbeat_timeout_ms: u32,
     pub room_routing: bool,
+    pub queue_expiry_ms: u32,
 }
 
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
@@ -40,6 +41,8 @@ pub struct NodeOptions {
 /// - "connectionLost": message (reconnecting)
 /// - "reconnected": count (attempts it took)
 /// - "dropped": count (oldest buffered publishes dropped since the last report)
+/// - "missed": from (the sender's uid), message (the routing key), count (messages that never
+///   arrived)
 #[napi(object)]
 #[derive(Default)]
 pub struct DrainedItem {
@@ -75,6 +78,9 @@ pub struct NodeStats {
     pub host_wakeups: f64,
     pub malformed: f64,
     pub reconnects: f64,
+    pub duplicates: f64,
+    pub missed: f64,
+    pub queues_lost: f64,
     /// A gauge: publishes waiting to go out (during an outage: for the broker to come back).
     pub buffered: f64,
     /// A gauge: requests still waiting for replies or their timeout.
@@ -118,6 +124,7 @@ impl NativeNode {
             max_pending_deliveries: options.max_pending_deliveries.max(1) as usize,
             heartbeat_interval: millis(options.heartbeat_interval_ms),
             heartbeat_timeout: millis(options.heartbeat_timeout_ms),
+            queue_expiry: millis(options.queue_expiry_ms),
             room_routing: options.room_routing,
         };
         let waker = Arc::new(move || {
@@ -204,6 +211,9 @@ impl NativeNode {
             host_wakeups: read(&s.host_wakeups),
             malformed: read(&s.malformed),
             reconnects: read(&s.reconnects),
+            duplicates: read(&s.duplicates),
+            missed: read(&s.missed),
+            queues_lost: read(&s.queues_lost),
             buffered: self.node.outbox.len() as f64,
             pending_requests: self.node.pending_requests() as f64,
         }
@@ -344,6 +354,13 @@ fn to_js_item(item: Drained) -> DrainedItem {
         },
         Drained::Dropped { count } => DrainedItem {
             kind: kind("dropped"),
+            count: Some(count.min(u32::MAX as u64) as u32),
+            ..Default::default()
+        },
+        Drained::Missed { from, key, count } => DrainedItem {
+            kind: kind("missed"),
+            from: Some(from),
+            message: Some(key),
             count: Some(count.min(u32::MAX as u64) as u32),
             ..Default::default()
         },
