@@ -197,4 +197,4 @@ function brokerSettings(options) {
   };
 }
 
-module.exports = { normalizeOptions, urlProblem, brokerSettings, defaultQueueExpiry, DEFAULTS };
+module.exports = { normalizeOptions, urlProblem, brokerSettings, DEFAULTS };

@@ -156,15 +156,16 @@ impl Node {
         let (lost_tx, mut lost) = oneshot::channel();
         tokio::spawn(self.clone().consume(consumer, lost_tx));
 
-        let queue_kept = transport.queue_kept();
-        if reconnected_after.is_some() && !queue_kept {
+        // Only a queue an earlier session declared can be lost: a server whose first attempts
+        // failed reconnects (`reconnected_after`) to a queue it never had.
+        if transport.queue_lost() {
             self.on_queue_lost();
         }
         if let Err(error) = self.bind_namespaces(transport).await {
             return SessionEnd::Lost(error);
         }
         if self.config.room_routing {
-            let generation = self.rooms.session_started(queue_kept);
+            let generation = self.rooms.session_started(transport.queue_kept());
             let mut rooms = self.all_rooms();
             rooms.extend(self.rooms.all_bound());
             if let Err(error) = self.sync_rooms(transport, rooms, generation).await {

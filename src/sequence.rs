@@ -29,10 +29,16 @@ impl Stamper {
     /// The `(seq, key_seq)` of the next message, published to `key`.
     pub(crate) fn next(&mut self, key: &str) -> (u64, Option<u64>) {
         self.last_seq += 1;
-        let key_seq = is_gap_checked_key(key).then(|| {
-            let counter = self.last_key_seq.entry(key.to_string()).or_default();
-            *counter += 1;
-            *counter
+        // Per publish: the key is copied only the first time it is numbered.
+        let key_seq = is_gap_checked_key(key).then(|| match self.last_key_seq.get_mut(key) {
+            Some(counter) => {
+                *counter += 1;
+                *counter
+            }
+            None => {
+                self.last_key_seq.insert(key.to_string(), 1);
+                1
+            }
         });
         (self.last_seq, key_seq)
     }
@@ -79,14 +85,16 @@ impl Tracker {
         let Some(seq) = seq else {
             return Verdict::Fresh { missed: 0 };
         };
-        let sender = self
-            .senders
-            .entry(from.to_string())
-            .or_insert_with(|| Sender {
+        // Per message: the sender's uid and the key are copied only when first seen.
+        if !self.senders.contains_key(from) {
+            let sender = Sender {
                 highest_seq: 0,
                 key_seq: HashMap::new(),
                 last_heard: now,
-            });
+            };
+            self.senders.insert(from.to_string(), sender);
+        }
+        let sender = self.senders.get_mut(from).expect("inserted above");
         sender.last_heard = now;
         if seq <= sender.highest_seq {
             return Verdict::Duplicate;
@@ -95,11 +103,13 @@ impl Tracker {
         let Some(key_seq) = key_seq else {
             return Verdict::Fresh { missed: 0 };
         };
-        let missed = match sender.key_seq.insert(key.to_string(), key_seq) {
-            // A count that went back is a fresh start (the sender forgot the key): no gap.
-            Some(last) if key_seq > last => key_seq - last - 1,
-            _ => 0,
+        let Some(last) = sender.key_seq.get_mut(key) else {
+            sender.key_seq.insert(key.to_string(), key_seq);
+            return Verdict::Fresh { missed: 0 };
         };
+        // A count that went back is a fresh start (the sender forgot the key): no gap.
+        let missed = key_seq.saturating_sub(*last + 1);
+        *last = key_seq;
         Verdict::Fresh { missed }
     }
 

@@ -97,18 +97,23 @@ pub struct Transport {
     publisher: Channel,
     exchange: String,
     queue: String,
+    /// An earlier session declared the queue; `queue_kept` says whether it was still there.
+    queue_existed: bool,
     /// An earlier session's queue was still there (its messages waited for this session).
     queue_kept: bool,
 }
 
+const NAMESPACE_KEY_PREFIX: &str = "nsp:";
+const SERVER_KEY_PREFIX: &str = "srv:";
+
 /// The routing key every server serving `nsp` binds.
 pub fn namespace_key(nsp: &str) -> String {
-    format!("nsp:{nsp}")
+    format!("{NAMESPACE_KEY_PREFIX}{nsp}")
 }
 
 /// The routing key only the server `uid` binds: replies to its requests.
 pub fn server_key(uid: &str) -> String {
-    format!("srv:{uid}")
+    format!("{SERVER_KEY_PREFIX}{uid}")
 }
 
 /// The routing key every server binds: hellos, heartbeats and goodbyes.
@@ -117,7 +122,7 @@ pub const CLUSTER_KEY: &str = "cluster";
 /// Whether a server bound to `key` stays bound for as long as it serves it (namespace and server
 /// keys, not room keys), so a message it missed on that key is a loss (see `sequence.rs`).
 pub fn is_gap_checked_key(key: &str) -> bool {
-    key.starts_with("nsp:") || key.starts_with("srv:")
+    key.starts_with(NAMESPACE_KEY_PREFIX) || key.starts_with(SERVER_KEY_PREFIX)
 }
 
 /// AMQP routing keys are short strings: at most 255 bytes.
@@ -220,6 +225,7 @@ impl Transport {
             publisher,
             exchange: config.exchange.clone(),
             queue: config.queue.clone().unwrap_or_default(),
+            queue_existed: config.queue_existed,
             queue_kept,
         };
         Ok((transport, consumer))
@@ -254,6 +260,11 @@ impl Transport {
     /// An earlier session's queue was still there when this one connected.
     pub fn queue_kept(&self) -> bool {
         self.queue_kept
+    }
+
+    /// An earlier session declared the queue and it was gone when this one connected.
+    pub fn queue_lost(&self) -> bool {
+        self.queue_existed && !self.queue_kept
     }
 
     /// Declares the server's queue, binds the initial keys and starts consuming.
