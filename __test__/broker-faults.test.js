@@ -8,6 +8,7 @@ const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
 const { createAdapter, uniqueName, waitFor, within, eventually, record } = require('./helpers');
 const { PrivateNode, makeCertificates } = require('./private-broker');
+const { TcpProxy } = require('./tcp-proxy');
 
 const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 100, reconnectDelayMax: 500, connectTimeout: 2000 };
 
@@ -89,6 +90,79 @@ describe('a RabbitMQ cluster of two private nodes', { timeout: 240000 }, () => {
       await crosses(onlyFirst, onSecond, 'after the restart, the other way');
     } finally {
       await Promise.all([onlyFirst.close(), onSecond.close()]);
+    }
+  });
+});
+
+describe('a full restart of the broker', { timeout: 180000 }, () => {
+  let node;
+  let proxy;
+  after(async () => {
+    await proxy?.close();
+    await node?.destroy();
+  });
+
+  it('loses what a cut-off server\'s queue held, and that server reports exactly that gap', async () => {
+    node = await PrivateNode.create('restart-gap');
+    await node.start();
+    proxy = await TcpProxy.start(node.port);
+    const exchangeName = uniqueName('gap');
+    // No heartbeats during the test: what waits in B's queue is then only A's emits.
+    const quiet = { heartbeatInterval: 60000, heartbeatTimeout: 180000 };
+    const a = await serverOn(node.url, exchangeName, quiet);
+    const b = await serverOn(proxy.url, exchangeName, quiet); // B goes through the proxy
+    const missed = [];
+    b.adapter.on('missed', (info) => missed.push(info));
+    const seen = record(b.client, 'n');
+    try {
+      await eventually(async () => (await a.adapter.serverCount()) === 2, 'A to count B', 10000);
+      a.io.emit('n', 0);
+      await eventually(() => seen.length === 1, 'the first emit to reach B', 10000);
+
+      // B is cut off; what A emits now waits in B's queue on the broker.
+      const bLost = waitFor(b.adapter, 'disconnect', 'B to lose the broker', 10000);
+      await proxy.cut();
+      await bLost;
+      const queue = (await node.ctl('list_queues', 'name', 'messages_ready', '-q'))
+        .split('\n')
+        .find((line) => line.includes(b.adapter.uid));
+      assert.ok(queue, 'B\'s queue outlives its connection');
+      const publishedBefore = a.adapter.stats().published;
+      for (let n = 1; n <= 10; n++) {
+        a.io.emit('n', n);
+        await new Promise(setImmediate); // separate turns, so they need not leave as one batch
+      }
+      const held = await eventually(async () => {
+        const line = (await node.ctl('list_queues', 'name', 'messages_ready', '-q')).split('\n').find((l) => l.includes(b.adapter.uid));
+        const ready = Number(line.split('\t')[1]);
+        const { buffered, published } = a.adapter.stats();
+        return buffered === 0 && ready > 0 && ready === published - publishedBefore && ready;
+      }, 'B\'s queue to hold every AMQP message A published meanwhile', 10000);
+
+      // The whole broker restarts: its non-durable queues, B's with the held messages, are gone.
+      const aLost = waitFor(a.adapter, 'disconnect', 'A to lose the broker', 20000);
+      await node.stop();
+      await aLost;
+      const aBack = waitFor(a.adapter, 'reconnect', 'A to reconnect after the restart', 60000);
+      const bBack = waitFor(b.adapter, 'reconnect', 'B to reconnect after the restart', 60000);
+      const bErrors = [];
+      b.adapter.on('error', (err) => bErrors.push(err));
+      await node.start();
+      await proxy.restore();
+      await Promise.all([aBack, bBack]);
+      assert.equal(b.adapter.stats().queuesLost, 1, 'B says its queue was lost');
+      assert.ok(bErrors.some((err) => /queue/i.test(err.message)), `an error event says the queue was lost: ${bErrors.map((e) => e.message)}`);
+
+      await eventually(async () => (await a.adapter.serverCount()) === 2, 'A to count B again', 10000);
+      a.io.emit('n', 11);
+      await eventually(() => seen.length === 2, 'the emit after the restart to reach B', 10000);
+      assert.deepEqual(seen.map(([n]) => n), [0, 11], 'what the broker lost is not delivered later');
+      await eventually(() => missed.length >= 1, 'B to report the gap', 10000);
+      assert.deepEqual(missed, [{ count: held, from: a.adapter.uid, routingKey: 'nsp:/' }], 'one gap, of what the queue held, from A');
+      assert.equal(b.adapter.stats().missed, held);
+      assert.equal(a.adapter.stats().missed, 0, 'A missed nothing');
+    } finally {
+      await Promise.all([a.close(), b.close()]);
     }
   });
 });

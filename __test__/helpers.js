@@ -47,15 +47,16 @@ function record(client, event) {
 
 /**
  * Starts `count` Socket.IO servers on one exchange, each on its own port, and waits until each
- * one's default namespace is bound. `setup(io, i)` runs before the adapter is set.
+ * one's default namespace is bound. `setup(io, i)` runs before the adapter is set; `url` is the
+ * broker's (the shared one unless a test puts a proxy or a private node in between).
  */
-async function startCluster(count, { exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {}) {
+async function startCluster(count, { url = AMQP_URL, exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {}) {
   const servers = [];
   for (let i = 0; i < count; i++) {
     const httpServer = http.createServer();
     const io = new Server(httpServer, serverOptions);
     if (setup) setup(io, i);
-    io.adapter(createAdapter(AMQP_URL, { exchangeName, ...adapterOptions }));
+    io.adapter(createAdapter(url, { exchangeName, ...adapterOptions }));
     await within(io.of('/').adapter.init(), `server ${i} to bind its namespace`);
     await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
     servers.push({ io, httpServer, port: httpServer.address().port });
