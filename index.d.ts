@@ -155,7 +155,7 @@ export declare class AmqpAdapter extends Adapter {
   on(event: 'missed', listener: (missed: MissedMessages) => void): this;
   on(event: 'create-room' | 'delete-room', listener: (room: Room) => void): this;
   on(event: 'join-room' | 'leave-room', listener: (room: Room, id: SocketId) => void): this;
-  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  on(event: string | symbol, listener: (...args: unknown[]) => void): this;
 }
 
 /** What `io.adapter()` takes: Socket.IO calls it (with `new`) for each namespace. */
@@ -166,10 +166,7 @@ export type AmqpAdapterFactory = (nsp: Namespace) => AmqpAdapter;
  * options, or `amqpConnection` (pass a URL instead). Broker problems are reported asynchronously:
  * an `error` event on the adapter and a rejected `init()`.
  */
-export declare function createAdapter(
-  url: string | string[],
-  options?: Omit<AmqpAdapterOptions, 'amqpUrl'>,
-): AmqpAdapterFactory;
+export declare function createAdapter(url: string | string[], options?: Omit<AmqpAdapterOptions, 'amqpUrl'>): AmqpAdapterFactory;
 export declare function createAdapter(options: AmqpAdapterOptions & { amqpUrl: string | string[] }): AmqpAdapterFactory;
 
 /** Options of {@link Emitter}: the adapter's broker and naming options that apply to a publisher. */
@@ -207,12 +204,12 @@ export interface EmitterBroadcastOperator {
   readonly volatile: EmitterBroadcastOperator;
   compress(compress: boolean): EmitterBroadcastOperator;
   /** Emits to the selected sockets of every server. Throws for acknowledgements and reserved events. */
-  emit(event: string, ...args: any[]): true;
+  emit(event: string, ...args: unknown[]): true;
   socketsJoin(rooms: string | string[]): void;
   socketsLeave(rooms: string | string[]): void;
   disconnectSockets(close?: boolean): void;
   /** Reaches every server of the namespace (no acknowledgement). */
-  serverSideEmit(event: string, ...args: any[]): void;
+  serverSideEmit(event: string, ...args: unknown[]): void;
 }
 
 /**
@@ -235,7 +232,7 @@ export declare class Emitter {
   on(event: 'dropped', listener: (count: number) => void): this;
   once(event: 'error' | 'disconnect', listener: (error: Error) => void): this;
   once(event: 'reconnect' | 'dropped', listener: (n: number) => void): this;
-  off(event: string, listener: (...args: any[]) => void): this;
+  off(event: string, listener: (...args: unknown[]) => void): this;
   /** The operators below on another namespace (the default one is `/`). */
   of(nsp: string): EmitterBroadcastOperator;
 }

@@ -3,7 +3,7 @@
 // this test starts itself, so the shared broker is never stopped.
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('http');
+const http = require('node:http');
 const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
 const { createAdapter, uniqueName, waitFor, within, eventually, record } = require('./helpers');
@@ -26,7 +26,15 @@ async function serverOn(urls, exchangeName, extra = {}) {
     forceNew: true,
   });
   await waitFor(client, 'connect', 'a client to connect');
-  return { io, adapter, client, close: () => (client.disconnect(), io.close()) };
+  return {
+    io,
+    adapter,
+    client,
+    close: () => {
+      client.disconnect();
+      return io.close();
+    },
+  };
 }
 
 async function crosses(from, to, label) {
@@ -74,7 +82,13 @@ describe('a RabbitMQ cluster of two private nodes', { timeout: 240000 }, () => {
 
   it('a server that knows only one node reconnects when that node is restarted', async () => {
     const exchangeName = uniqueName('restart');
-    if (!(await first.ctl('status').then(() => true, () => false))) await first.start();
+    if (
+      !(await first.ctl('status').then(
+        () => true,
+        () => false,
+      ))
+    )
+      await first.start();
     const onlyFirst = await serverOn([first.url], exchangeName);
     const onSecond = await serverOn([second.url], exchangeName);
     try {
@@ -102,7 +116,7 @@ describe('a full restart of the broker', { timeout: 180000 }, () => {
     await node?.destroy();
   });
 
-  it('loses what a cut-off server\'s queue held, and that server reports exactly that gap', async () => {
+  it("loses what a cut-off server's queue held, and that server reports exactly that gap", async () => {
     node = await PrivateNode.create('restart-gap');
     await node.start();
     proxy = await TcpProxy.start(node.port);
@@ -126,18 +140,22 @@ describe('a full restart of the broker', { timeout: 180000 }, () => {
       const queue = (await node.ctl('list_queues', 'name', 'messages_ready', '-q'))
         .split('\n')
         .find((line) => line.includes(b.adapter.uid));
-      assert.ok(queue, 'B\'s queue outlives its connection');
+      assert.ok(queue, "B's queue outlives its connection");
       const publishedBefore = a.adapter.stats().published;
       for (let n = 1; n <= 10; n++) {
         a.io.emit('n', n);
         await new Promise(setImmediate); // separate turns, so they need not leave as one batch
       }
-      const held = await eventually(async () => {
-        const line = (await node.ctl('list_queues', 'name', 'messages_ready', '-q')).split('\n').find((l) => l.includes(b.adapter.uid));
-        const ready = Number(line.split('\t')[1]);
-        const { buffered, published } = a.adapter.stats();
-        return buffered === 0 && ready > 0 && ready === published - publishedBefore && ready;
-      }, 'B\'s queue to hold every AMQP message A published meanwhile', 10000);
+      const held = await eventually(
+        async () => {
+          const line = (await node.ctl('list_queues', 'name', 'messages_ready', '-q')).split('\n').find((l) => l.includes(b.adapter.uid));
+          const ready = Number(line.split('\t')[1]);
+          const { buffered, published } = a.adapter.stats();
+          return buffered === 0 && ready > 0 && ready === published - publishedBefore && ready;
+        },
+        "B's queue to hold every AMQP message A published meanwhile",
+        10000,
+      );
 
       // The whole broker restarts: its non-durable queues, B's with the held messages, are gone.
       const aLost = waitFor(a.adapter, 'disconnect', 'A to lose the broker', 20000);
@@ -151,12 +169,19 @@ describe('a full restart of the broker', { timeout: 180000 }, () => {
       await proxy.restore();
       await Promise.all([aBack, bBack]);
       assert.equal(b.adapter.stats().queuesLost, 1, 'B says its queue was lost');
-      assert.ok(bErrors.some((err) => /queue/i.test(err.message)), `an error event says the queue was lost: ${bErrors.map((e) => e.message)}`);
+      assert.ok(
+        bErrors.some((err) => /queue/i.test(err.message)),
+        `an error event says the queue was lost: ${bErrors.map((e) => e.message)}`,
+      );
 
       await eventually(async () => (await a.adapter.serverCount()) === 2, 'A to count B again', 10000);
       a.io.emit('n', 11);
       await eventually(() => seen.length === 2, 'the emit after the restart to reach B', 10000);
-      assert.deepEqual(seen.map(([n]) => n), [0, 11], 'what the broker lost is not delivered later');
+      assert.deepEqual(
+        seen.map(([n]) => n),
+        [0, 11],
+        'what the broker lost is not delivered later',
+      );
       await eventually(() => missed.length >= 1, 'B to report the gap', 10000);
       assert.deepEqual(missed, [{ count: held, from: a.adapter.uid, routingKey: 'nsp:/' }], 'one gap, of what the queue held, from A');
       assert.equal(b.adapter.stats().missed, held);
@@ -184,7 +209,11 @@ describe('a server started before its broker', { timeout: 120000 }, () => {
     const errors = [];
     adapter.on('error', (err) => errors.push(err));
     try {
-      const refused = await within(adapter.init().catch((err) => err), 'init() to be refused', 15000);
+      const refused = await within(
+        adapter.init().catch((err) => err),
+        'init() to be refused',
+        15000,
+      );
       assert.ok(refused instanceof Error, 'init() rejects while the broker is down');
       assert.ok(errors.length >= 1, 'an error event says why');
       assert.equal(readyCalls, 0);
@@ -195,11 +224,18 @@ describe('a server started before its broker', { timeout: 120000 }, () => {
       await eventually(() => readyCalls === 1, 'readyCallback once the namespace is bound', 10000);
 
       await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
-      const client = connectClient(`http://127.0.0.1:${httpServer.address().port}`, { transports: ['websocket'], reconnection: false, forceNew: true });
+      const client = connectClient(`http://127.0.0.1:${httpServer.address().port}`, {
+        transports: ['websocket'],
+        reconnection: false,
+        forceNew: true,
+      });
       await waitFor(client, 'connect', 'a client of the early server');
       const late = await serverOn(node.url, exchangeName);
       try {
-        const [got] = await Promise.all([waitFor(client, 'late', 'a broadcast from a server started later', 10000), late.io.emit('late', 'ok')]);
+        const [got] = await Promise.all([
+          waitFor(client, 'late', 'a broadcast from a server started later', 10000),
+          late.io.emit('late', 'ok'),
+        ]);
         assert.deepEqual(got, ['ok']);
         assert.equal(readyCalls, 1, 'readyCallback is called once');
       } finally {
@@ -222,7 +258,7 @@ describe('amqps:// with a self-signed certificate', { timeout: 120000 }, () => {
   });
   after(async () => {
     await node?.destroy();
-    if (certs) require('fs').rmSync(certs.dir, { recursive: true, force: true });
+    if (certs) require('node:fs').rmSync(certs.dir, { recursive: true, force: true });
   });
 
   it('connects over TLS when given the CA, and traffic crosses', async () => {
@@ -242,7 +278,11 @@ describe('amqps:// with a self-signed certificate', { timeout: 120000 }, () => {
     const adapter = io.of('/').adapter;
     const errors = [];
     adapter.on('error', (err) => errors.push(err));
-    const outcome = await within(adapter.init().catch((err) => err), 'init() to reject', 15000);
+    const outcome = await within(
+      adapter.init().catch((err) => err),
+      'init() to reject',
+      15000,
+    );
     assert.ok(outcome instanceof Error);
     assert.match(outcome.message, /certificate|UnknownIssuer|invalid peer/i);
     await io.close();

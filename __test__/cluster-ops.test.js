@@ -10,7 +10,9 @@ describe('acknowledgements across servers', () => {
   before(async () => {
     cluster = await startCluster(3);
     clients = [await cluster.client(0), await cluster.client(1), await cluster.client(2)];
-    clients.forEach((client, i) => client.on('ask', (question, reply) => reply({ from: i, question, bytes: Buffer.from([i]) })));
+    clients.forEach((client, i) => {
+      client.on('ask', (question, reply) => reply({ from: i, question, bytes: Buffer.from([i]) }));
+    });
     await eventually(async () => (await cluster.ios[0].of('/').adapter.serverCount()) === 3, 'server 0 to count 3 servers');
   });
   after(() => cluster.close());
@@ -32,12 +34,20 @@ describe('acknowledgements across servers', () => {
   it('io.to(room).timeout().emit asks only the room', async () => {
     cluster.ios[2].of('/').sockets.get(clients[2].id).join('askers');
     const replies = await within(cluster.ios[0].to('askers').timeout(3000).emitWithAck('ask', 'q2'), 'the room acks');
-    assert.deepEqual(replies.map((r) => r.from), [2]);
+    assert.deepEqual(
+      replies.map((r) => r.from),
+      [2],
+    );
   });
 
   it('no matching client gives (null, []) without waiting for the timeout', async () => {
     const [err, replies] = await within(
-      new Promise((resolve) => cluster.ios[1].to('nobody-here').timeout(20000).emit('ask', 'q3', (...args) => resolve(args))),
+      new Promise((resolve) =>
+        cluster.ios[1]
+          .to('nobody-here')
+          .timeout(20000)
+          .emit('ask', 'q3', (...args) => resolve(args)),
+      ),
       'the empty result (it must not wait for the 20 s timeout)',
       3000,
     );
@@ -55,11 +65,8 @@ describe('acknowledgements across servers', () => {
     assert.ok(err instanceof Error);
     assert.deepEqual(replies.map((r) => r.from).sort(), [0, 1, 2]);
     const remoteSocket = cluster.ios[1].of('/').sockets.get(silent.id);
-    await eventually(() => remoteSocket.acks.size === 0, 'the silent socket\'s pending ack to be forgotten');
-    await eventually(
-      () => cluster.ios[0].of('/').adapter.stats().pendingRequests === 0,
-      'the requester to forget the ack request',
-    );
+    await eventually(() => remoteSocket.acks.size === 0, "the silent socket's pending ack to be forgotten");
+    await eventually(() => cluster.ios[0].of('/').adapter.stats().pendingRequests === 0, 'the requester to forget the ack request');
     silent.disconnect();
   });
 });
@@ -97,7 +104,10 @@ describe('fetchSockets and remote sockets', () => {
     const inRoom = await within(cluster.ios[0].in('odd-or-two').fetchSockets(), 'fetchSockets in a room');
     assert.deepEqual(inRoom.map((s) => s.data.index).sort(), [1, 2]);
     const local = await within(cluster.ios[0].local.fetchSockets(), 'local fetchSockets');
-    assert.deepEqual(local.map((s) => s.id), [clients[0].id]);
+    assert.deepEqual(
+      local.map((s) => s.id),
+      [clients[0].id],
+    );
   });
 
   it('remote sockets emit, answer acks, join, leave and disconnect on their own server', async () => {
@@ -137,7 +147,9 @@ describe('socketsJoin, socketsLeave, disconnectSockets', () => {
 
   it('socketsJoin acts on every server, in order with the emit that follows it', async () => {
     const seen = clients.map(() => 0);
-    clients.forEach((client, i) => client.on('joined-news', () => seen[i]++));
+    clients.forEach((client, i) => {
+      client.on('joined-news', () => seen[i]++);
+    });
     cluster.ios[0].socketsJoin('news');
     cluster.ios[0].to('news').emit('joined-news');
     for (const client of clients) await barrier(cluster.ios[0], client);
@@ -145,7 +157,7 @@ describe('socketsJoin, socketsLeave, disconnectSockets', () => {
     for (let i = 0; i < 3; i++) assert.ok(cluster.ios[i].of('/').adapter.rooms.has('news'));
   });
 
-  it('remote joins and leaves emit join-room and leave-room on the socket\'s server', async () => {
+  it("remote joins and leaves emit join-room and leave-room on the socket's server", async () => {
     const adapter = cluster.ios[2].of('/').adapter;
     const events = [];
     const onJoin = (room, id) => events.push(['join', room, id]);
@@ -231,6 +243,9 @@ describe('serverSideEmit', () => {
       'the serverSideEmit timeout',
     );
     assert.match(err.message, /timeout reached: only 1 responses received out of 2/);
-    assert.deepEqual(replies.map((r) => r.server), [1]);
+    assert.deepEqual(
+      replies.map((r) => r.server),
+      [1],
+    );
   });
 });

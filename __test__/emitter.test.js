@@ -3,9 +3,9 @@
 // adapters, as if a server had done it.
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const path = require('path');
-const crypto = require('crypto');
-const { execFile } = require('child_process');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const { execFile } = require('node:child_process');
 const { Emitter } = require('..');
 const { AMQP_URL, startCluster, waitFor, within, eventually, record, brokerConnectionsMatching } = require('./helpers');
 
@@ -49,11 +49,20 @@ describe('the Node emitter', () => {
     emitter.in('vip').emit('vip', 2);
     emitter.except('vip').emit('not-vip');
     for (const client of clients) await barrier(client);
-    assert.deepEqual(all.map((s) => s.length), [1, 1]);
+    assert.deepEqual(
+      all.map((s) => s.length),
+      [1, 1],
+    );
     assert.ok(Buffer.isBuffer(all[1][0][1].bytes));
     assert.deepEqual([...all[1][0][1].bytes], [1, 2, 3]);
-    assert.deepEqual(vip.map((s) => s.map(([n]) => n)), [[], [1, 2]]);
-    assert.deepEqual(notVip.map((s) => s.length), [1, 0]);
+    assert.deepEqual(
+      vip.map((s) => s.map(([n]) => n)),
+      [[], [1, 2]],
+    );
+    assert.deepEqual(
+      notVip.map((s) => s.length),
+      [1, 0],
+    );
   });
 
   it('of(nsp) targets that namespace only', async () => {
@@ -139,22 +148,25 @@ describe('the Rust emitter (examples/emit.rs)', () => {
   let clients;
   let binary;
   const serverEvents = [[], []];
-  before(async () => {
-    const root = path.join(__dirname, '..');
-    await new Promise((resolve, reject) =>
-      execFile(
-        process.execPath,
-        [path.join(root, 'scripts', 'cargo.js'), 'build', '--release', '--no-default-features', '--example', 'emit'],
-        { cwd: root, timeout: 600000 },
-        (err, stdout, stderr) => (err ? reject(new Error(`building the example failed: ${stderr}`)) : resolve()),
-      ),
-    );
-    binary = path.join(process.env.CARGO_TARGET_DIR || path.join(root, 'target'), 'release', 'examples', 'emit');
-    cluster = await startCluster(2, {
-      setup: (io, i) => io.on('from-rust', (...args) => serverEvents[i].push(args)),
-    });
-    clients = [await cluster.client(0), await cluster.client(1)];
-  }, { timeout: 620000 });
+  before(
+    async () => {
+      const root = path.join(__dirname, '..');
+      await new Promise((resolve, reject) =>
+        execFile(
+          process.execPath,
+          [path.join(root, 'scripts', 'cargo.js'), 'build', '--release', '--no-default-features', '--example', 'emit'],
+          { cwd: root, timeout: 600000 },
+          (err, _stdout, stderr) => (err ? reject(new Error(`building the example failed: ${stderr}`)) : resolve()),
+        ),
+      );
+      binary = path.join(process.env.CARGO_TARGET_DIR || path.join(root, 'target'), 'release', 'examples', 'emit');
+      cluster = await startCluster(2, {
+        setup: (io, i) => io.on('from-rust', (...args) => serverEvents[i].push(args)),
+      });
+      clients = [await cluster.client(0), await cluster.client(1)];
+    },
+    { timeout: 620000 },
+  );
   after(() => cluster?.close());
 
   // Runs the example with the given commands (joined by "+"), then a marker to each client.
@@ -168,7 +180,9 @@ describe('the Rust emitter (examples/emit.rs)', () => {
     }
     return within(
       new Promise((resolve, reject) =>
-        execFile(binary, argv, { timeout: 20000 }, (err, stdout, stderr) => (err ? reject(new Error(`emit failed: ${stderr}`)) : resolve())),
+        execFile(binary, argv, { timeout: 20000 }, (err, _stdout, stderr) =>
+          err ? reject(new Error(`emit failed: ${stderr}`)) : resolve(),
+        ),
       ),
       'the Rust emitter to finish',
       25000,
@@ -182,7 +196,10 @@ describe('the Rust emitter (examples/emit.rs)', () => {
     const bin = clients.map((c) => record(c, 'bytes'));
     await rust(['emit', 'room-news', 'rust-room', '{"n":1}', '"two"'], ['emit', 'all-news', '-', '3'], ['emit-binary', 'bytes', 'raw']);
     assert.deepEqual(room, [[[{ n: 1 }, 'two']], []]);
-    assert.deepEqual(everyone.map((s) => s.length), [1, 1]);
+    assert.deepEqual(
+      everyone.map((s) => s.length),
+      [1, 1],
+    );
     assert.ok(Buffer.isBuffer(bin[1][0][0]));
     assert.equal(bin[1][0][0].toString(), 'raw');
   });

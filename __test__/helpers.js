@@ -1,7 +1,7 @@
 'use strict';
 // Shared test plumbing: real Socket.IO servers on the real broker, real clients, bounded waits.
-const http = require('http');
-const crypto = require('crypto');
+const http = require('node:http');
+const crypto = require('node:crypto');
 const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
 const { createAdapter } = require('..');
@@ -50,7 +50,10 @@ function record(client, event) {
  * one's default namespace is bound. `setup(io, i)` runs before the adapter is set; `url` is the
  * broker's (the shared one unless a test puts a proxy or a private node in between).
  */
-async function startCluster(count, { url = AMQP_URL, exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {}) {
+async function startCluster(
+  count,
+  { url = AMQP_URL, exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {},
+) {
   const servers = [];
   for (let i = 0; i < count; i++) {
     const httpServer = http.createServer();
@@ -101,14 +104,14 @@ module.exports = { AMQP_URL, WAIT_MS, uniqueName, waitFor, within, record, start
 
 /** How many broker connections carry `fragment` in their connection name (rabbitmqctl). */
 function brokerConnectionsMatching(fragment) {
-  const { execFileSync } = require('child_process');
+  const { execFileSync } = require('node:child_process');
   const out = execFileSync('rabbitmqctl', ['list_connections', 'client_properties', '-q'], { encoding: 'utf8', timeout: 20000 });
   return out.split('\n').filter((line) => line.includes(fragment)).length;
 }
 
 /** Whether a queue of that name exists on the broker (rabbitmqctl). */
 function brokerHasQueue(name) {
-  const { execFileSync } = require('child_process');
+  const { execFileSync } = require('node:child_process');
   const out = execFileSync('rabbitmqctl', ['list_queues', 'name', '-q'], { encoding: 'utf8', timeout: 20000 });
   return out.split('\n').some((line) => line.trim() === name);
 }
@@ -129,13 +132,11 @@ async function eventually(condition, what, ms = WAIT_MS) {
 
 /** Starts __test__/fixtures/server-process.js on `exchangeName`; resolves with {child, port, uid}. */
 async function forkServer(exchangeName, adapterOptions = {}) {
-  const path = require('path');
-  const { fork } = require('child_process');
-  const child = fork(
-    path.join(__dirname, 'fixtures', 'server-process.js'),
-    [AMQP_URL, exchangeName, JSON.stringify(adapterOptions)],
-    { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] },
-  );
+  const path = require('node:path');
+  const { fork } = require('node:child_process');
+  const child = fork(path.join(__dirname, 'fixtures', 'server-process.js'), [AMQP_URL, exchangeName, JSON.stringify(adapterOptions)], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
   const [ready] = await waitFor(child, 'message', 'a forked server to start', 15000);
   if (!ready.ready) {
     child.kill('SIGKILL');
@@ -148,7 +149,7 @@ module.exports.eventually = eventually;
 module.exports.forkServer = forkServer;
 
 function rabbitmqctl(...args) {
-  const { execFileSync } = require('child_process');
+  const { execFileSync } = require('node:child_process');
   return execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 })
     .split('\n')
     .filter((line) => line.trim() !== '');

@@ -2,8 +2,8 @@
 // Servers and namespaces never steal each other's messages (the old package's queue names did).
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const path = require('path');
-const { fork } = require('child_process');
+const path = require('node:path');
+const { fork } = require('node:child_process');
 const { AMQP_URL, startCluster, uniqueName, waitFor, record, barrier } = require('./helpers');
 
 describe('isolation', () => {
@@ -55,7 +55,7 @@ describe('isolation', () => {
     }
   });
 
-  it('two namespaces on one server never receive each other\'s messages', async () => {
+  it("two namespaces on one server never receive each other's messages", async () => {
     const cluster = await startCluster(2, { exchangeName: uniqueName('nsp') });
     try {
       await Promise.all(cluster.ios.map((io) => io.of('/other').adapter.init()));
@@ -69,8 +69,14 @@ describe('isolation', () => {
       }
       await barrier(cluster.ios[0], root);
       await barrier(cluster.ios[0], other, '/other');
-      assert.deepEqual(rootSeen.map(([m]) => m), ['root-0', 'root-1', 'root-2', 'root-3', 'root-4']);
-      assert.deepEqual(otherSeen.map(([m]) => m), ['other-0', 'other-1', 'other-2', 'other-3', 'other-4']);
+      assert.deepEqual(
+        rootSeen.map(([m]) => m),
+        ['root-0', 'root-1', 'root-2', 'root-3', 'root-4'],
+      );
+      assert.deepEqual(
+        otherSeen.map(([m]) => m),
+        ['other-0', 'other-1', 'other-2', 'other-3', 'other-4'],
+      );
     } finally {
       await cluster.close();
     }

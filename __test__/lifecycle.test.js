@@ -2,9 +2,9 @@
 // Start-up, shutdown and broker errors: clear, prompt, and never a crash or a hang.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const path = require('path');
-const http = require('http');
-const { fork } = require('child_process');
+const path = require('node:path');
+const http = require('node:http');
+const { fork } = require('node:child_process');
 const { Server } = require('socket.io');
 const {
   AMQP_URL,
@@ -124,7 +124,13 @@ describe('broker errors', () => {
     try {
       const io = new Server(http.createServer());
       io.adapter(createAdapter('amqp://127.0.0.1:1', { exchangeName: uniqueName('nolistener') }));
-      const outcome = await within(io.of('/').adapter.init().catch((e) => e), 'init() to reject');
+      const outcome = await within(
+        io
+          .of('/')
+          .adapter.init()
+          .catch((e) => e),
+        'init() to reject',
+      );
       assert.ok(outcome instanceof Error);
       await eventually(() => warnings.length > 0, 'the warning to be logged');
       assert.match(warnings[0], /could not connect/);
@@ -141,7 +147,7 @@ describe('broker errors', () => {
 
 describe('URL parameters', () => {
   it('vhost, heartbeat and connection_name from the URL reach the broker', async (t) => {
-    const { execFileSync } = require('child_process');
+    const { execFileSync } = require('node:child_process');
     const ctl = (...args) => execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 });
     const vhost = uniqueName('vhost');
     const name = uniqueName('my-app');

@@ -12,8 +12,11 @@ const { AMQP_URL, startCluster, waitFor, eventually, record, barrier, closeBroke
 const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
 
 function rabbitQueues(fragment) {
-  const { execFileSync } = require('child_process');
-  return execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], { encoding: 'utf8', timeout: 20000 })
+  const { execFileSync } = require('node:child_process');
+  return execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], {
+    encoding: 'utf8',
+    timeout: 20000,
+  })
     .split('\n')
     .filter((line) => line.includes(fragment))
     .map((line) => line.split('\t').map((v, i) => (i === 0 ? v : Number(v))));
@@ -43,8 +46,16 @@ async function emitsBothWaysAcross(cluster, { cutAll, restoreAll }) {
     await eventually(() => fromZero[i].length >= 20 && fromTwo[i].length >= 20, `client ${i} to get both series`, 15000);
     await barrier(cluster.ios[0], clients[i]);
     await barrier(cluster.ios[2], clients[i]);
-    assert.deepEqual(fromZero[i].map(([n]) => n), all, `client ${i}: r1 once each, in order`);
-    assert.deepEqual(fromTwo[i].map(([n]) => n), all, `client ${i}: r1z once each, in order`);
+    assert.deepEqual(
+      fromZero[i].map(([n]) => n),
+      all,
+      `client ${i}: r1 once each, in order`,
+    );
+    assert.deepEqual(
+      fromTwo[i].map(([n]) => n),
+      all,
+      `client ${i}: r1z once each, in order`,
+    );
   }
   for (const adapter of adapters) {
     assert.equal(adapter.stats().missed, 0, 'no gap reported');
@@ -88,7 +99,9 @@ describe('every server loses the broker at once', () => {
         },
       });
       assert.deepEqual(reconnectedEarly, [], 'no server got through while the proxy refused connections');
-      refused.forEach((count, i) => assert.ok(count >= 1, `server ${i} reported its refused reconnects (${count})`));
+      refused.forEach((count, i) => {
+        assert.ok(count >= 1, `server ${i} reported its refused reconnects (${count})`);
+      });
     } finally {
       await cluster.close();
       await proxy.close();
@@ -104,7 +117,10 @@ describe('every server loses the broker at once', () => {
     try {
       for (const io of cluster.ios) io.of('/').adapter.on('error', () => {}); // refused attempts, expected
       const before = footprint();
-      assert.deepEqual(before.map((f) => f.queues), [1, 1]);
+      assert.deepEqual(
+        before.map((f) => f.queues),
+        [1, 1],
+      );
       for (let drop = 0; drop < 50; drop++) {
         const back = cluster.ios.map((io) => waitFor(io.of('/').adapter, 'reconnect', `reconnect after drop ${drop}`, 15000));
         await proxy.cut();

@@ -2,7 +2,7 @@
 // The package's public surface: both module forms, both call forms, and clear option errors.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('http');
+const http = require('node:http');
 const { Server } = require('socket.io');
 const { AMQP_URL, uniqueName, within } = require('./helpers');
 

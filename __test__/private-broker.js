@@ -2,12 +2,12 @@
 // Private RabbitMQ nodes for the tests that stop, restart or cluster a broker: each runs on its own
 // ports and data folder, so the shared broker on 5672 is never touched. Needs root (the node runs
 // as the rabbitmq user, like the machine's own broker) and rabbitmq-server on PATH.
-const fs = require('fs');
-const os = require('os');
-const net = require('net');
-const path = require('path');
-const crypto = require('crypto');
-const { execFile } = require('child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const net = require('node:net');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const { execFile } = require('node:child_process');
 
 function run(command, args, { env, timeout = 60000 } = {}) {
   return new Promise((resolve, reject) => {
@@ -109,15 +109,52 @@ async function makeCertificates() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sio-native-tls-'));
   const file = (name) => path.join(dir, name);
   const ssl = (...args) => run('openssl', args);
-  await ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=sio-native test CA',
-    '-keyout', file('ca.key'), '-out', file('ca.pem'), '-addext', 'basicConstraints=critical,CA:TRUE',
-    '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
+  await ssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'rsa:2048',
+    '-nodes',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=sio-native test CA',
+    '-keyout',
+    file('ca.key'),
+    '-out',
+    file('ca.pem'),
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  );
   await ssl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=localhost', '-keyout', file('server.key'), '-out', file('server.csr'));
   fs.writeFileSync(file('ext.cnf'), 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
-  await ssl('x509', '-req', '-in', file('server.csr'), '-CA', file('ca.pem'), '-CAkey', file('ca.key'), '-CAcreateserial',
-    '-days', '2', '-out', file('server.pem'), '-extfile', file('ext.cnf'));
+  await ssl(
+    'x509',
+    '-req',
+    '-in',
+    file('server.csr'),
+    '-CA',
+    file('ca.pem'),
+    '-CAkey',
+    file('ca.key'),
+    '-CAcreateserial',
+    '-days',
+    '2',
+    '-out',
+    file('server.pem'),
+    '-extfile',
+    file('ext.cnf'),
+  );
   await run('chown', ['-R', 'rabbitmq:rabbitmq', dir]);
-  return { dir, cacertfile: file('ca.pem'), certfile: file('server.pem'), keyfile: file('server.key'), caPem: fs.readFileSync(file('ca.pem'), 'utf8') };
+  return {
+    dir,
+    cacertfile: file('ca.pem'),
+    certfile: file('server.pem'),
+    keyfile: file('server.key'),
+    caPem: fs.readFileSync(file('ca.pem'), 'utf8'),
+  };
 }
 
 module.exports = { PrivateNode, makeCertificates };

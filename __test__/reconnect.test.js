@@ -55,7 +55,10 @@ describe('reconnection', () => {
       assert.equal(remoteSeen.length, 0, 'nothing crossed while the broker was unreachable');
       await back;
       await eventually(() => remoteSeen.length === 5, 'the buffered emits to reach the other server');
-      assert.deepEqual(remoteSeen.map(([n]) => n), [0, 1, 2, 3, 4]);
+      assert.deepEqual(
+        remoteSeen.map(([n]) => n),
+        [0, 1, 2, 3, 4],
+      );
       void a;
     } finally {
       await cluster.close();
@@ -72,10 +75,13 @@ describe('reconnection', () => {
       const back = waitFor(adapterB, 'reconnect', 'the reconnect event');
       closeBrokerConnections(adapterB.uid);
       await lost;
-      const lateInit = b.of('/late').adapter.init().then(
-        () => 'bound',
-        (err) => err,
-      );
+      const lateInit = b
+        .of('/late')
+        .adapter.init()
+        .then(
+          () => 'bound',
+          (err) => err,
+        );
       await back;
       const outcome = await lateInit;
       assert.ok(outcome === 'bound' || /will be bound when the connection is back/.test(outcome.message), String(outcome));
@@ -127,10 +133,16 @@ describe('reconnection', () => {
       for (let i = 0; i < 10; i++) b.emit('burst', i);
       await back;
       await eventually(() => seen.length === 3, 'the three newest emits to arrive');
-      assert.deepEqual(seen.map(([n]) => n), [7, 8, 9]);
+      assert.deepEqual(
+        seen.map(([n]) => n),
+        [7, 8, 9],
+      );
       assert.equal(adapterB.stats().publishDropped - droppedBefore, 7);
       assert.ok(dropped.length >= 1 && dropped[0] >= 1, 'a dropped event');
-      assert.ok(warnings.some((w) => /dropped the \d+ oldest/.test(w)), 'a log line');
+      assert.ok(
+        warnings.some((w) => /dropped the \d+ oldest/.test(w)),
+        'a log line',
+      );
       void a;
     } finally {
       console.warn = originalWarn;

@@ -3,7 +3,7 @@
 // lets memory grow without bound.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { execFileSync } = require('child_process');
+const { execFileSync } = require('node:child_process');
 const { startCluster, waitFor, eventually, forkServer } = require('./helpers');
 
 describe('resilience', () => {
@@ -58,13 +58,19 @@ describe('resilience', () => {
       for (let i = 0; i < total; i++) cluster.ios[0].emit('load', i);
       // While its event loop is blocked, the slow server holds at most its bounded hand-off plus
       // the prefetch window; the rest waits in its queue on the broker.
-      const depth = await eventually(() => {
-        const line = execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], { encoding: 'utf8' })
-          .split('\n')
-          .find((l) => l.includes(slow.uid));
-        const [, ready, unacked] = line.split('\t').map(Number);
-        return ready > 0 ? { ready, unacked } : null;
-      }, 'a backlog to build up on the broker', 3500);
+      const depth = await eventually(
+        () => {
+          const line = execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], {
+            encoding: 'utf8',
+          })
+            .split('\n')
+            .find((l) => l.includes(slow.uid));
+          const [, ready, unacked] = line.split('\t').map(Number);
+          return ready > 0 ? { ready, unacked } : null;
+        },
+        'a backlog to build up on the broker',
+        3500,
+      );
       assert.ok(depth.unacked <= prefetch, `unacknowledged ${depth.unacked} stays within the prefetch ${prefetch}`);
       await eventually(() => received === total, `all ${total} messages to arrive after the event loop unblocks`, 20000);
       assert.equal(received, total);

@@ -2,7 +2,7 @@
 // roomRouting: servers bind a key per room they have members in, and single-room broadcasts go by
 // room key, so the broker sends them only to servers that can deliver them. The broadcast suite
 // (broadcast.test.js) runs with it too; this file covers what is specific to it.
-const http = require('http');
+const http = require('node:http');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { Server } = require('socket.io');
@@ -120,7 +120,10 @@ describe('roomRouting', () => {
     const emitter = new Emitter(AMQP_URL, { exchangeName: cluster.exchangeName });
     try {
       await within(emitter.ready(), 'the emitter to connect');
-      const [args] = await Promise.all([waitFor(clients[1], 'work', "the emitter's room broadcast"), emitter.to('from-worker').emit('work', 7)]);
+      const [args] = await Promise.all([
+        waitFor(clients[1], 'work', "the emitter's room broadcast"),
+        emitter.to('from-worker').emit('work', 7),
+      ]);
       assert.deepEqual(args, [7]);
     } finally {
       await emitter.close();
@@ -134,7 +137,10 @@ describe('roomRouting', () => {
     assert.equal(closeBrokerConnections(b.of('/').adapter.uid), 1);
     await back;
     await eventually(async () => (await a.of('/').adapter.serverCount()) === 3, 'A to count B again');
-    const [args] = await Promise.all([waitFor(clients[1], 'again', 'a room broadcast after the reconnect'), a.to('survivor').emit('again', 'ok')]);
+    const [args] = await Promise.all([
+      waitFor(clients[1], 'again', 'a room broadcast after the reconnect'),
+      a.to('survivor').emit('again', 'ok'),
+    ]);
     assert.deepEqual(args, ['ok']);
   });
 });
@@ -155,7 +161,11 @@ describe('roomRouting in a mixed cluster', () => {
       const [withIt, without] = servers.map((s) => s.io);
       await eventually(async () => (await withIt.of('/').adapter.serverCount()) === 2, 'both servers counted');
       const { io: connect } = require('socket.io-client');
-      const client = connect(`http://127.0.0.1:${servers[1].httpServer.address().port}`, { transports: ['websocket'], forceNew: true, reconnection: false });
+      const client = connect(`http://127.0.0.1:${servers[1].httpServer.address().port}`, {
+        transports: ['websocket'],
+        forceNew: true,
+        reconnection: false,
+      });
       try {
         await waitFor(client, 'connect', 'a client on the server without roomRouting');
         without.of('/').sockets.get(client.id).join('legacy');

@@ -4,7 +4,7 @@
 // partial answer as complete.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const http = require('http');
+const http = require('node:http');
 const { Server } = require('socket.io');
 const { AMQP_URL, uniqueName, within, createAdapter, startCluster, forkServer, eventually } = require('./helpers');
 
@@ -119,12 +119,12 @@ describe('start-up membership', () => {
     for (let round = 0; round < 10; round++) {
       const ios = await startTogether(3);
       try {
-        ios.forEach((io, i) => io.on('whoami', (reply) => reply(i)));
+        ios.forEach((io, i) => {
+          io.on('whoami', (reply) => reply(i));
+        });
         await converged(ios, 3, CONVERGE_MS);
         const replies = await within(
-          new Promise((resolve, reject) =>
-            ios[0].serverSideEmit('whoami', (err, got) => (err ? reject(err) : resolve(got))),
-          ),
+          new Promise((resolve, reject) => ios[0].serverSideEmit('whoami', (err, got) => (err ? reject(err) : resolve(got)))),
           'serverSideEmit to be answered',
         );
         assert.deepEqual([...replies].sort(), [1, 2], `round ${round}`);

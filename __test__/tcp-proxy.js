@@ -3,7 +3,7 @@
 // servers only: every connection through it is cut at once and new ones are refused (nothing
 // listens on the port) for a while, as when a load balancer or the network fails. The broker itself
 // keeps running, with the servers' queues.
-const net = require('net');
+const net = require('node:net');
 
 class TcpProxy {
   /** Listens on a free loopback port and forwards to `targetPort` on 127.0.0.1. */

@@ -2,8 +2,8 @@
 // index.d.ts stays in step with the JS API: a TypeScript file using it must compile.
 const { it } = require('node:test');
 const assert = require('node:assert/strict');
-const path = require('path');
-const { spawnSync } = require('child_process');
+const path = require('node:path');
+const { spawnSync } = require('node:child_process');
 
 it('index.d.ts accepts the documented usage and rejects misuse', () => {
   const tsc = require.resolve('typescript/bin/tsc');

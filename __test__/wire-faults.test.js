@@ -36,7 +36,10 @@ describe('malformed and foreign messages', () => {
       channel.publish(cluster.exchangeName, 'nsp:/', body);
     }
     await eventually(() => cluster.ios[1].of('/').adapter.stats().malformed - before >= 3, 'the garbage to be counted');
-    assert.ok(errors.some((err) => /dropped an incoming message .*malformed/.test(err.message)), 'an error event says so');
+    assert.ok(
+      errors.some((err) => /dropped an incoming message .*malformed/.test(err.message)),
+      'an error event says so',
+    );
     await stillServing('garbage');
   });
 

@@ -3,7 +3,7 @@
 // added through the adapter as Socket.IO would, measured as the growth of the process's RSS (the
 // native index lives outside the V8 heap, so heap size alone would flatter it).
 // argv: kind ("native" | "native-rooms" | "redis" | "memory"), cluster name.
-const crypto = require('crypto');
+const crypto = require('node:crypto');
 const { Server } = require('socket.io');
 
 const [kind, clusterName] = process.argv.slice(2);

@@ -9,11 +9,11 @@
 // shorter window is dominated by noise — GC cycles, the machine's other tenants), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
 // (fanout,rooms,maxRate,roundTrips,memory,raw), BENCH_PROFILE=<dir> (V8 CPU profiles of the
 // servers); AMQP_URL, REDIS_URL.
-const fs = require('fs');
-const os = require('os');
-const path = require('path');
-const crypto = require('crypto');
-const { fork, execFileSync } = require('child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const { fork, execFileSync } = require('node:child_process');
 
 const SERVERS = Number(process.env.BENCH_SERVERS || 3);
 const CLIENTS = Number(process.env.BENCH_CLIENTS || 30);
@@ -36,11 +36,17 @@ const watchdog = setTimeout(() => {
 watchdog.unref();
 
 const children = [];
-process.on('exit', () => children.forEach((child) => child.kill('SIGKILL')));
+process.on('exit', () => {
+  for (const child of children) child.kill('SIGKILL');
+});
 
 // ---- child processes driven over IPC ------------------------------------------------------
 
-function spawnWorker(script, args, execArgv = (process.env.BENCH_PROFILE && script === 'server.js' ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : [])) {
+function spawnWorker(
+  script,
+  args,
+  execArgv = process.env.BENCH_PROFILE && script === 'server.js' ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [],
+) {
   const child = fork(path.join(__dirname, script), args.map(String), { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   const pending = new Map();
@@ -51,7 +57,7 @@ function spawnWorker(script, args, execArgv = (process.env.BENCH_PROFILE && scri
   child.on('message', ({ id, result, error }) => {
     const waiter = pending.get(id);
     pending.delete(id);
-    if (waiter) (error ? waiter.reject(new Error(error)) : waiter.resolve(result));
+    if (waiter) error ? waiter.reject(new Error(error)) : waiter.resolve(result);
   });
   child.on('exit', (code) => {
     for (const waiter of pending.values()) waiter.reject(new Error(`${script} exited with ${code}`));
@@ -65,8 +71,14 @@ function spawnWorker(script, args, execArgv = (process.env.BENCH_PROFILE && scri
         reject(new Error(`${script} ${cmd} timed out after ${timeoutMs} ms`));
       }, timeoutMs);
       pending.set(id, {
-        resolve: (value) => (clearTimeout(timer), resolve(value)),
-        reject: (err) => (clearTimeout(timer), reject(err)),
+        resolve: (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
       });
       child.send({ id, cmd, args: args2 });
     });
@@ -141,7 +153,16 @@ async function fanout(cluster, rate) {
     await new Promise((resolve) => setTimeout(resolve, 100));
     result = await received(cluster, 'fanout');
   }
-  return { rate, sent, expected, delivered: result.total, loss: expected - result.total, p50: result.p50, p99: result.p99, max: result.max };
+  return {
+    rate,
+    sent,
+    expected,
+    delivered: result.total,
+    loss: expected - result.total,
+    p50: result.p50,
+    p99: result.p99,
+    max: result.max,
+  };
 }
 
 async function manyRooms(cluster, ratePerServer) {
@@ -149,7 +170,8 @@ async function manyRooms(cluster, ratePerServer) {
   await Promise.all(cluster.servers.map((s) => s.call('markStart')));
   // Every server of the cluster emits (the in-memory one does all of it alone).
   const emit = (server, rate) => server.call('emitAtRate', { rate, seconds: ROOMS_SECONDS, rooms: ROOMS, event: 'room' });
-  const sends = cluster.kind === 'memory' ? [emit(cluster.servers[0], ratePerServer * SERVERS)] : cluster.servers.map((s) => emit(s, ratePerServer));
+  const sends =
+    cluster.kind === 'memory' ? [emit(cluster.servers[0], ratePerServer * SERVERS)] : cluster.servers.map((s) => emit(s, ratePerServer));
   await Promise.all(sends);
   await new Promise((resolve) => setTimeout(resolve, 500)); // let the last messages land
   const marks = await Promise.all(cluster.servers.map((s) => s.call('markStop')));
@@ -165,7 +187,13 @@ async function manyRooms(cluster, ratePerServer) {
     };
   });
   const median = (key) => medianOf(perServer.map((s) => s[key]));
-  return { deliveries: result.total, cpuMsPer1000: median('cpuMsPer1000'), loopMsPer1000: median('loopMsPer1000'), rssMB: median('rssMB'), perServer };
+  return {
+    deliveries: result.total,
+    cpuMsPer1000: median('cpuMsPer1000'),
+    loopMsPer1000: median('loopMsPer1000'),
+    rssMB: median('rssMB'),
+    perServer,
+  };
 }
 
 // Runs the emit paths once, unmeasured, so V8 has compiled them before the first measured run
@@ -192,7 +220,13 @@ async function maxRate(cluster) {
   const seconds = (Date.now() - start) / 1000;
   // Cross-server deliveries: those to clients of the other servers (all of them for in-memory).
   const crossServer = cluster.kind === 'memory' ? result.total : result.total - result.perGroup[0];
-  return { delivered: result.total, expected: BLAST * sinks, seconds, crossServerPerSecond: crossServer / seconds, perSecond: result.total / seconds };
+  return {
+    delivered: result.total,
+    expected: BLAST * sinks,
+    seconds,
+    crossServerPerSecond: crossServer / seconds,
+    perSecond: result.total / seconds,
+  };
 }
 
 async function roundTrips(cluster) {
@@ -216,9 +250,16 @@ async function memory(kind) {
 }
 
 function rawBroker() {
-  execFileSync(process.execPath, [path.join(ROOT, 'scripts', 'cargo.js'), 'build', '--release', '--no-default-features', '--example', 'raw_broker'], { stdio: 'inherit', timeout: 600000 });
+  execFileSync(
+    process.execPath,
+    [path.join(ROOT, 'scripts', 'cargo.js'), 'build', '--release', '--no-default-features', '--example', 'raw_broker'],
+    { stdio: 'inherit', timeout: 600000 },
+  );
   const binary = path.join(process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target'), 'release', 'examples', 'raw_broker');
-  const out = execFileSync(binary, [process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672', '100000', '100'], { encoding: 'utf8', timeout: 120000 });
+  const out = execFileSync(binary, [process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672', '100000', '100'], {
+    encoding: 'utf8',
+    timeout: 120000,
+  });
   return JSON.parse(out.trim());
 }
 
@@ -265,7 +306,17 @@ function table(results) {
     ['fetchSockets: round trip ms', (r) => r.roundTrips?.fetchSocketsMs, 2],
   ];
   const lines = [];
-  const header = ['scenario (median of runs)', 'native', '+rooms', 'redis', 'in-memory', 'native/redis', '+rooms/redis', 'native/in-mem', '+rooms/in-mem'];
+  const header = [
+    'scenario (median of runs)',
+    'native',
+    '+rooms',
+    'redis',
+    'in-memory',
+    'native/redis',
+    '+rooms/redis',
+    'native/in-mem',
+    '+rooms/in-mem',
+  ];
   lines.push(header);
   const row = (label, [n, nr, r, mem], digits) => [
     label,
@@ -273,7 +324,13 @@ function table(results) {
     ...[n / r, nr / r, n / mem, nr / mem].map((v) => fmt(v, 2)),
   ];
   for (const [label, pick, digits] of rows) {
-    lines.push(row(label, ['native', 'native-rooms', 'redis', 'memory'].map((k) => m(k, pick)), digits));
+    lines.push(
+      row(
+        label,
+        ['native', 'native-rooms', 'redis', 'memory'].map((k) => m(k, pick)),
+        digits,
+      ),
+    );
   }
   const memoryRow = ['native', 'native-rooms', 'redis', 'memory'].map((k) => results.memory[k]);
   lines.push(row('10k sockets x 10 rooms: index RSS MB', memoryRow, 1));
@@ -286,18 +343,37 @@ function table(results) {
     const last = results.runs.filter((r) => r.kind === kind && r.nativeStats).pop()?.nativeStats;
     if (!last) continue;
     const share = last.noLocalRecipient / (last.noLocalRecipient + last.delivered);
-    lines.push([`${kind}: received / dropped in Rust with no JS call (one server)`, `${last.received}`, `${last.noLocalRecipient}`, '', '', `${fmt(share * 100, 0)}%`, '', '', '']);
+    lines.push([
+      `${kind}: received / dropped in Rust with no JS call (one server)`,
+      `${last.received}`,
+      `${last.noLocalRecipient}`,
+      '',
+      '',
+      `${fmt(share * 100, 0)}%`,
+      '',
+      '',
+      '',
+    ]);
   }
   const widths = header.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
-  return lines.map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  ')).join('\n');
+  return lines
+    .map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  '))
+    .join('\n');
 }
 
 // ---- main -------------------------------------------------------------------------------
 
 async function main() {
   const started = Date.now();
-  console.log(`bench: ${SERVERS} servers x ${CLIENTS} clients, ${REPS} runs, ${SECONDS} s per fan-out, ${ROOMS_SECONDS} s of many rooms, on ${os.cpus().length} cores`);
-  const results = { machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGB: os.totalmem() / 2 ** 30, node: process.version }, config: { SERVERS, CLIENTS, REPS, SECONDS, ROOMS_SECONDS, ROOMS, BLAST }, runs: [], memory: {} };
+  console.log(
+    `bench: ${SERVERS} servers x ${CLIENTS} clients, ${REPS} runs, ${SECONDS} s per fan-out, ${ROOMS_SECONDS} s of many rooms, on ${os.cpus().length} cores`,
+  );
+  const results = {
+    machine: { cores: os.cpus().length, model: os.cpus()[0]?.model, memGB: os.totalmem() / 2 ** 30, node: process.version },
+    config: { SERVERS, CLIENTS, REPS, SECONDS, ROOMS_SECONDS, ROOMS, BLAST },
+    runs: [],
+    memory: {},
+  };
   if (SCENARIOS.has('raw')) {
     console.log('bench: raw broker limit');
     results.rawBroker = rawBroker();

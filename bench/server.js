@@ -1,8 +1,8 @@
 'use strict';
 // One benchmark server (child process): Socket.IO with the adapter under test, driven over IPC.
 // argv: kind ("native" | "native-rooms" (roomRouting on) | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
-const http = require('http');
-const { performance } = require('perf_hooks');
+const http = require('node:http');
+const { performance } = require('node:perf_hooks');
 const { Server } = require('socket.io');
 const { serveCommands } = require('./ipc');
 
@@ -57,7 +57,12 @@ async function main() {
     async markStop() {
       const cpu = process.cpuUsage(mark.cpu);
       const elu = performance.eventLoopUtilization(mark.elu);
-      return { cpuMs: (cpu.user + cpu.system) / 1000, loopBusyMs: elu.active, wallMs: performance.now() - mark.at, rss: process.memoryUsage().rss };
+      return {
+        cpuMs: (cpu.user + cpu.system) / 1000,
+        loopBusyMs: elu.active,
+        wallMs: performance.now() - mark.at,
+        rss: process.memoryUsage().rss,
+      };
     },
     // Emits `rate` messages a second for `seconds` (to a random one of `rooms` rooms, or everyone).
     async emitAtRate({ rate, seconds, rooms, event }) {

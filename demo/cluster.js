@@ -5,9 +5,9 @@
 //
 // AMQP_URL    broker (default amqp://guest:guest@127.0.0.1:5672)
 // DEMO_PORTS  the three ports, comma-separated (default 3001,3002,3003; 0 picks free ones)
-const path = require('path');
-const crypto = require('crypto');
-const { fork } = require('child_process');
+const path = require('node:path');
+const crypto = require('node:crypto');
+const { fork } = require('node:child_process');
 const { io: connect } = require('socket.io-client');
 
 const NAMES = ['server-a', 'server-b', 'server-c'];
@@ -39,7 +39,9 @@ async function start() {
     }),
   );
   clearTimeout(startup);
-  urls.forEach((url, i) => console.log(`${NAMES[i]}  ${url}`));
+  urls.forEach((url, i) => {
+    console.log(`${NAMES[i]}  ${url}`);
+  });
   console.log('Open the URLs in a browser (one tab per server), pick a name and a room, and chat. Ctrl-C stops.');
   await greet(urls);
 }
@@ -47,7 +49,10 @@ async function start() {
 // alice (server-a) and bob (server-b) meet in #lobby: each line below crossed servers.
 async function greet(urls) {
   const [alice, bob] = await Promise.all(
-    [['alice', urls[0]], ['bob', urls[1]]].map(async ([name, url]) => {
+    [
+      ['alice', urls[0]],
+      ['bob', urls[1]],
+    ].map(async ([name, url]) => {
       const bot = connect(url, { transports: ['websocket'], auth: { name: `${name} (bot)` } });
       bots.push(bot);
       await once(bot, 'connect');
@@ -65,12 +70,16 @@ async function stop(code = 0) {
   if (stopping) return;
   stopping = true;
   for (const bot of bots) bot.disconnect();
-  const exits = servers.filter((c) => c.exitCode === null).map((child) => {
-    const exited = once(child, 'exit');
-    if (child.connected) child.send({ close: true });
-    return exited;
-  });
-  const forced = setTimeout(() => servers.forEach((c) => c.kill('SIGKILL')), STOP_MS);
+  const exits = servers
+    .filter((c) => c.exitCode === null)
+    .map((child) => {
+      const exited = once(child, 'exit');
+      if (child.connected) child.send({ close: true });
+      return exited;
+    });
+  const forced = setTimeout(() => {
+    for (const c of servers) c.kill('SIGKILL');
+  }, STOP_MS);
   await Promise.all(exits);
   clearTimeout(forced);
   console.log('demo stopped');

@@ -3,9 +3,9 @@
 // server with the adapter that serves the chat page. Chat messages go to the sender's room on every
 // server; each one is also announced to the other servers (serverSideEmit) so their logs show it
 // crossing. The page lists the users of every server with fetchSockets().
-const fs = require('fs');
-const http = require('http');
-const path = require('path');
+const fs = require('node:fs');
+const http = require('node:http');
+const path = require('node:path');
 const { Server } = require('socket.io');
 const { createAdapter } = require('..');
 
@@ -65,7 +65,7 @@ io.on('connection', (socket) => {
     try {
       const sockets = await io.fetchSockets();
       const serverCount = await adapter.serverCount();
-      ack({ serverCount, users: sockets.map((s) => s.data).filter((d) => d && d.name) });
+      ack({ serverCount, users: sockets.map((s) => s.data).filter((d) => d?.name) });
     } catch (err) {
       ack({ error: err.message });
     }

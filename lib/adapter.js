@@ -252,9 +252,7 @@ class AmqpAdapter extends Adapter {
   _onRemote(item) {
     switch (item.kind) {
       case 'broadcast':
-        return item.requestId === undefined || item.requestId === null
-          ? this._deliverRemote(item)
-          : this._deliverRemoteWithAck(item);
+        return item.requestId === undefined || item.requestId === null ? this._deliverRemote(item) : this._deliverRemoteWithAck(item);
       case 'rooms':
         return this._emitRemoteRoomChanges(item);
       case 'disconnectSockets':

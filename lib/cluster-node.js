@@ -165,7 +165,9 @@ class ClusterNode {
         // A sequence gap: messages another server sent here never arrived. Always logged.
         const info = { count: item.count, from: item.from, routingKey: item.message };
         this._emitToListeners('missed', info);
-        console.warn(`${LOG_PREFIX} ${item.count} message(s) from ${item.from} to "${item.message}" never arrived (a broker restart or an expired queue)`);
+        console.warn(
+          `${LOG_PREFIX} ${item.count} message(s) from ${item.from} to "${item.message}" never arrived (a broker restart or an expired queue)`,
+        );
         break;
       }
       case 'reply':

@@ -2,7 +2,7 @@
 // The emitter: reaches the clients and servers of a Socket.IO cluster from a process that is not a
 // Socket.IO server (a worker, a cron job), through the adapters' exchange. The API follows
 // @socket.io/redis-emitter: `emitter.to(room).emit(...)`, `emitter.of('/nsp')`, `socketsJoin`, ...
-const { EventEmitter } = require('events');
+const { EventEmitter } = require('node:events');
 const native = require('./native');
 const { normalizeOptions, urlProblem, brokerSettings } = require('./options');
 const { encodeValue } = require('./payload');
@@ -168,7 +168,14 @@ class BroadcastOperator {
       throw new Error('socket.io-amqp0-native: the emitter does not support acknowledgements');
     }
     const parts = toTransferable(this._emitter._encoder.encode({ type: EVENT, data: [ev, ...args], nsp: this._nsp }));
-    this._emitter._native.broadcast(this._nsp, parts, [...this._rooms], [...this._except], Boolean(this._flags.volatile), this._flags.compress);
+    this._emitter._native.broadcast(
+      this._nsp,
+      parts,
+      [...this._rooms],
+      [...this._except],
+      Boolean(this._flags.volatile),
+      this._flags.compress,
+    );
     return true;
   }
 

@@ -3,7 +3,7 @@
 // and unknown options throw a TypeError at once; a URL that is a string but unusable is reported
 // later, like an unreachable broker (error event + rejected init()/ready()), so every broker problem
 // surfaces the same way.
-const os = require('os');
+const os = require('node:os');
 
 const DEFAULTS = Object.freeze({
   exchangeName: 'socket.io',
@@ -33,7 +33,17 @@ const COUNTS = {
   reconnectDelayMax: [1, 3600000],
   queueExpiry: [1000, 2147483647],
 };
-const COMMON = ['amqpUrl', 'tls', 'exchangeName', 'queuePrefix', 'instanceName', 'connectTimeout', 'publishBufferSize', 'reconnectDelay', 'reconnectDelayMax'];
+const COMMON = [
+  'amqpUrl',
+  'tls',
+  'exchangeName',
+  'queuePrefix',
+  'instanceName',
+  'connectTimeout',
+  'publishBufferSize',
+  'reconnectDelay',
+  'reconnectDelayMax',
+];
 
 /** What each entry point accepts, and how its errors name the call. */
 const KINDS = {

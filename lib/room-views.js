@@ -1,5 +1,5 @@
 'use strict';
-const util = require('util');
+const util = require('node:util');
 // Read-only, live views of the Rust room index: real Map subclasses whose reads go to Rust, so
 // code written for the in-memory adapter (`adapter.rooms.get(room)`, `adapter.sids.has(id)`,
 // iteration, `size`, `instanceof Map`) keeps working. Each Set handed out is a snapshot: changing
@@ -64,7 +64,7 @@ class IndexView extends Map {
   }
 
   // console.log(adapter.rooms) prints the contents, as it would for a Map.
-  [util.inspect.custom](depth, options, inspect) {
+  [util.inspect.custom](_depth, options, inspect) {
     return inspect(new Map(this.entries()), options);
   }
 }
