@@ -5,17 +5,23 @@
 // package, require() must name the package to install.
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const fs = require('fs');
-const os = require('os');
-const path = require('path');
-const { execFileSync, spawnSync } = require('child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { execFileSync, spawnSync } = require('node:child_process');
 const { AMQP_URL, uniqueName } = require('./helpers');
 
 const ROOT = path.join(__dirname, '..');
 const NPM = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 
 // The binary `npm run build` made for this machine names the platform package it belongs in.
+// SIO_NATIVE_BINARY picks another build of it (.ci/run passes the glibc 2.17 release build).
 function builtBinary() {
+  if (process.env.SIO_NATIVE_BINARY) {
+    const file = path.resolve(process.env.SIO_NATIVE_BINARY);
+    const suffix = path.basename(file).split('.')[1];
+    return { file, suffix, packageName: `socket.io-amqp0-native-${suffix}` };
+  }
   const binaries = fs.readdirSync(ROOT).filter((name) => /^socket-io-amqp0-native\..+\.node$/.test(name));
   assert.equal(binaries.length, 1, `exactly one built addon in the checkout (npm run build): ${binaries}`);
   const suffix = binaries[0].split('.')[1];
@@ -76,7 +82,17 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
   });
 
   it('the root package ships the loader, lib, typings and docs: no binary, no Rust source, no tests', () => {
-    for (const expected of ['index.js', 'index.mjs', 'index.d.ts', 'binding.js', 'lib/native.js', 'package.json', 'README.md', 'LICENSE', 'CHANGELOG.md']) {
+    for (const expected of [
+      'index.js',
+      'index.mjs',
+      'index.d.ts',
+      'binding.js',
+      'lib/native.js',
+      'package.json',
+      'README.md',
+      'LICENSE',
+      'CHANGELOG.md',
+    ]) {
       assert.ok(root.files.includes(expected), `${expected} is in the package`);
     }
     const stray = root.files.filter((f) => /\.node$|\.rs$|^src\/|^__test__\/|^npm\/|^Cargo|^scripts\/|^bench\/|^demo\//.test(f));
@@ -96,6 +112,8 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
       assert.equal(sub.name, `socket.io-amqp0-native-${name}`);
     }
     for (const hook of ['preinstall', 'install', 'postinstall']) assert.equal(pkg.scripts[hook], undefined, `no ${hook} script`);
+    const loader = fs.readFileSync(path.join(ROOT, 'binding.js'), 'utf8');
+    assert.ok(loader.includes(`expected ${pkg.version} but got`), 'binding.js was generated for this version (npm run build)');
   });
 
   it('installs offline without cargo, then two servers and an emitter work from there (CommonJS and ESM)', () => {
@@ -103,10 +121,25 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
     const app = path.join(work, 'app');
     freshProject(app, [root.tarball, platform.tarball], env);
     const installed = path.join(app, 'node_modules', 'socket.io-amqp0-native');
-    assert.deepEqual(fs.readdirSync(installed).filter((f) => f.endsWith('.node')), [], 'the root package carries no binary');
-    assert.ok(fs.existsSync(path.join(app, 'node_modules', binary.packageName, path.basename(binary.file))), 'the binary came from its package');
-    for (const [script, format] of [['scenario.js', 'commonjs'], ['scenario.mjs', 'esm']]) {
-      const out = execFileSync(process.execPath, [script, AMQP_URL, uniqueName(`installed-${format}`)], { cwd: app, env, encoding: 'utf8', timeout: 60000 });
+    assert.deepEqual(
+      fs.readdirSync(installed).filter((f) => f.endsWith('.node')),
+      [],
+      'the root package carries no binary',
+    );
+    assert.ok(
+      fs.existsSync(path.join(app, 'node_modules', binary.packageName, path.basename(binary.file))),
+      'the binary came from its package',
+    );
+    for (const [script, format] of [
+      ['scenario.js', 'commonjs'],
+      ['scenario.mjs', 'esm'],
+    ]) {
+      const out = execFileSync(process.execPath, [script, AMQP_URL, uniqueName(`installed-${format}`)], {
+        cwd: app,
+        env,
+        encoding: 'utf8',
+        timeout: 60000,
+      });
       const result = JSON.parse(out.trim().split('\n').pop());
       assert.equal(result.fromServer, format, `${format}: a broadcast crossed from one server to the other`);
       assert.equal(result.fromEmitter, format, `${format}: the emitter's broadcast arrived`);
@@ -118,7 +151,12 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
   it('without the platform package, require() fails with an error that names the package to install', () => {
     const app = path.join(work, 'no-binary');
     freshProject(app, [root.tarball], env);
-    const result = spawnSync(process.execPath, ['-e', "require('socket.io-amqp0-native')"], { cwd: app, env, encoding: 'utf8', timeout: 30000 });
+    const result = spawnSync(process.execPath, ['-e', "require('socket.io-amqp0-native')"], {
+      cwd: app,
+      env,
+      encoding: 'utf8',
+      timeout: 30000,
+    });
     assert.notEqual(result.status, 0, 'require() throws');
     assert.match(result.stderr, new RegExp(`npm install ${binary.packageName.replace(/\./g, '\\.')}`), result.stderr);
     assert.match(result.stderr, /ERR_SOCKET_IO_AMQP0_NATIVE_BINDING/);
