@@ -2,9 +2,9 @@
 // Runs cargo, or the napi CLI that runs cargo, with rustup's bin folder on PATH (it often is not,
 // e.g. in CI shells). `node scripts/cargo.js test --lib` runs cargo; `node scripts/cargo.js --napi
 // build ...` runs `napi build ...` from this checkout's devDependencies.
-const { spawnSync } = require('child_process');
-const os = require('os');
-const path = require('path');
+const { spawnSync } = require('node:child_process');
+const os = require('node:os');
+const path = require('node:path');
 
 const root = path.join(__dirname, '..');
 
