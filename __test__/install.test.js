@@ -45,6 +45,25 @@ function pack(dir, destination) {
   return { tarball: path.join(destination, info.filename), files: info.files.map((f) => f.path) };
 }
 
+// The root package as the release publishes it: what `npm pack` takes from the checkout, with the
+// optionalDependencies `napi pre-publish -t npm` writes at publish time (one per napi target,
+// `<name>-<platformArchABI>` at the root's exact version). The checkout's package.json has none,
+// so `npm ci` works before the platform packages exist on the registry.
+async function stageReleaseRoot(stage) {
+  const { parseTriple } = require('@napi-rs/cli');
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+  const [{ files }] = JSON.parse(npm(['pack', '--dry-run', '--json'], ROOT));
+  for (const { path: file } of files) {
+    fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true });
+    fs.copyFileSync(path.join(ROOT, file), path.join(stage, file));
+  }
+  pkg.optionalDependencies = Object.fromEntries(
+    pkg.napi.targets.map((target) => [`${pkg.name}-${parseTriple(target).platformArchABI}`, pkg.version]),
+  );
+  fs.writeFileSync(path.join(stage, 'package.json'), `${JSON.stringify(pkg, null, 2)}\n`);
+  return pkg;
+}
+
 // A fresh project with the given tarballs installed offline, cargo absent. Socket.IO itself (and
 // the client for the scenario) is linked from this checkout: the peers the adapter expects, one
 // copy of each, without the registry.
@@ -65,12 +84,14 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
   let binary;
   let root;
   let platform;
+  let released;
   const env = { ...process.env, PATH: pathWithoutCargo(), npm_config_update_notifier: 'false' };
 
-  before(() => {
+  before(async () => {
     binary = builtBinary();
     work = fs.mkdtempSync(path.join(os.tmpdir(), 'sio-native-install-'));
-    root = pack(ROOT, work);
+    released = await stageReleaseRoot(path.join(work, 'root'));
+    root = pack(path.join(work, 'root'), work);
     // What `napi artifacts` does in the release workflow: the binary goes into its npm/ folder.
     const platformDir = path.join(work, 'platform');
     fs.cpSync(path.join(ROOT, 'npm', binary.suffix), platformDir, { recursive: true });
@@ -100,20 +121,20 @@ describe('the packed packages, installed as a user would', { timeout: 300000 }, 
     assert.deepEqual(platform.files.sort(), [path.basename(binary.file), 'README.md', 'package.json'].sort());
   });
 
-  it('the root package lists every platform package at its own version; no install script', () => {
-    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+  it('the released root package lists every platform package at its version; no install script', () => {
     const folders = fs.readdirSync(path.join(ROOT, 'npm')).filter((name) => fs.statSync(path.join(ROOT, 'npm', name)).isDirectory());
-    assert.equal(folders.length, pkg.napi.targets.length, 'one npm/ folder per target');
-    const expected = Object.fromEntries(folders.sort().map((name) => [`socket.io-amqp0-native-${name}`, pkg.version]));
-    assert.deepEqual(Object.fromEntries(Object.entries(pkg.optionalDependencies).sort()), expected);
-    for (const name of folders) {
-      const sub = JSON.parse(fs.readFileSync(path.join(ROOT, 'npm', name, 'package.json'), 'utf8'));
-      assert.equal(sub.version, pkg.version, `${name} is at the root's version (napi version)`);
-      assert.equal(sub.name, `socket.io-amqp0-native-${name}`);
-    }
-    for (const hook of ['preinstall', 'install', 'postinstall']) assert.equal(pkg.scripts[hook], undefined, `no ${hook} script`);
+    assert.equal(folders.length, released.napi.targets.length, 'one npm/ folder per napi target');
+    const published = Object.fromEntries(
+      folders.map((name) => {
+        const sub = JSON.parse(fs.readFileSync(path.join(ROOT, 'npm', name, 'package.json'), 'utf8'));
+        assert.equal(sub.version, released.version, `${name} is at the root's version (napi version)`);
+        return [sub.name, sub.version];
+      }),
+    );
+    assert.deepEqual(Object.keys(released.optionalDependencies).sort(), Object.keys(published).sort(), 'each target has its npm/ package');
+    for (const hook of ['preinstall', 'install', 'postinstall']) assert.equal(released.scripts[hook], undefined, `no ${hook} script`);
     const loader = fs.readFileSync(path.join(ROOT, 'binding.js'), 'utf8');
-    assert.ok(loader.includes(`expected ${pkg.version} but got`), 'binding.js was generated for this version (npm run build)');
+    assert.ok(loader.includes(`expected ${released.version} but got`), 'binding.js was generated for this version (npm run build)');
   });
 
   it('installs offline without cargo, then two servers and an emitter work from there (CommonJS and ESM)', () => {
