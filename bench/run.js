@@ -184,14 +184,37 @@ async function manyRooms(cluster, ratePerServer) {
       cpuMsPer1000: (mark.cpuMs / deliveries) * 1000,
       loopMsPer1000: (mark.loopBusyMs / deliveries) * 1000,
       rssMB: mark.rss / 1048576,
+      // Per thread kind (bench/threads.js): hand-offs and CPU per 1000 deliveries.
+      threads: mark.threads
+        ? Object.fromEntries(
+            Object.entries(mark.threads).map(([kind, t]) => [
+              kind,
+              { switchesPer1000: (t.switches / deliveries) * 1000, cpuMsPer1000: (t.cpuMs / deliveries) * 1000 },
+            ]),
+          )
+        : null,
     };
   });
   const median = (key) => medianOf(perServer.map((s) => s[key]));
+  const threadMedian = (kind, key) => {
+    const values = perServer.map((s) => s.threads?.[kind]?.[key]).filter((v) => v !== undefined);
+    return values.length ? medianOf(values) : undefined;
+  };
+  const threadKinds = ['js', 'runtime', 'lapin', 'other'];
   return {
     deliveries: result.total,
     cpuMsPer1000: median('cpuMsPer1000'),
     loopMsPer1000: median('loopMsPer1000'),
     rssMB: median('rssMB'),
+    threads: Object.fromEntries(
+      threadKinds.map((kind) => [
+        kind,
+        { switchesPer1000: threadMedian(kind, 'switchesPer1000'), cpuMsPer1000: threadMedian(kind, 'cpuMsPer1000') },
+      ]),
+    ),
+    switchesPer1000: medianOf(
+      perServer.map((s) => (s.threads ? Object.values(s.threads).reduce((sum, t) => sum + t.switchesPer1000, 0) : NaN)),
+    ),
     perServer,
   };
 }
@@ -302,6 +325,13 @@ function table(results) {
     ['1000 rooms: CPU ms / 1000 deliveries', (r) => r.rooms.cpuMsPer1000, 2],
     ['1000 rooms: event-loop ms / 1000 deliveries', (r) => r.rooms.loopMsPer1000, 2],
     ['1000 rooms: server RSS MB', (r) => r.rooms.rssMB, 0],
+    ['1000 rooms: context switches / 1000 deliveries', (r) => r.rooms.switchesPer1000, 0],
+    ['  of the JS thread', (r) => r.rooms.threads.js.switchesPer1000, 0],
+    ['  of the adapter runtime thread', (r) => r.rooms.threads.runtime.switchesPer1000, 0],
+    ['  of lapin I/O threads', (r) => r.rooms.threads.lapin.switchesPer1000, 0],
+    ['  of other threads (libuv, V8)', (r) => r.rooms.threads.other.switchesPer1000, 0],
+    ['1000 rooms: CPU ms / 1000 deliveries, JS thread', (r) => r.rooms.threads.js.cpuMsPer1000, 2],
+    ['  runtime + lapin threads', (r) => r.rooms.threads.runtime.cpuMsPer1000 + r.rooms.threads.lapin.cpuMsPer1000, 2],
     ['serverSideEmit with ack: round trip ms', (r) => r.roundTrips?.serverSideEmitMs, 2],
     ['fetchSockets: round trip ms', (r) => r.roundTrips?.fetchSocketsMs, 2],
   ];

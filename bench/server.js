@@ -5,6 +5,7 @@ const http = require('node:http');
 const { performance } = require('node:perf_hooks');
 const { Server } = require('socket.io');
 const { serveCommands } = require('./ipc');
+const threads = require('./threads');
 
 const [kind, clusterName] = process.argv.slice(2);
 const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
@@ -51,7 +52,7 @@ async function main() {
     },
     // Starts a measurement window: process CPU, event-loop busy time.
     async markStart() {
-      mark = { cpu: process.cpuUsage(), elu: performance.eventLoopUtilization(), at: performance.now() };
+      mark = { cpu: process.cpuUsage(), elu: performance.eventLoopUtilization(), at: performance.now(), threads: threads.sample() };
       return {};
     },
     async markStop() {
@@ -62,6 +63,7 @@ async function main() {
         loopBusyMs: elu.active,
         wallMs: performance.now() - mark.at,
         rss: process.memoryUsage().rss,
+        threads: threads.difference(mark.threads, threads.sample()),
       };
     },
     // Emits `rate` messages a second for `seconds` (to a random one of `rooms` rooms, or everyone).
