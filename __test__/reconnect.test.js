@@ -65,26 +65,35 @@ describe('reconnection', () => {
     }
   });
 
-  it('namespaces created during the outage are bound on reconnect', async () => {
-    const cluster = await startCluster(2, { adapterOptions: { ...FAST, reconnectDelay: 300, reconnectDelayMax: 300 } });
+  it('a namespace created during the outage: init() says it will be bound, readyCallback says when it is', async () => {
+    let readyCalls = 0;
+    const readyCallback = () => readyCalls++;
+    const cluster = await startCluster(2, { adapterOptions: { ...FAST, reconnectDelay: 300, reconnectDelayMax: 300, readyCallback } });
     try {
       const [a, b] = cluster.ios;
       const adapterB = b.of('/').adapter;
       await within(a.of('/late').adapter.init(), 'A to bind /late');
+      assert.equal(readyCalls, 3, "readyCallback for both servers' / and A's /late");
       const lost = waitFor(adapterB, 'disconnect', 'the disconnect event');
       const back = waitFor(adapterB, 'reconnect', 'the reconnect event');
       closeBrokerConnections(adapterB.uid);
       await lost;
-      const lateInit = b
-        .of('/late')
-        .adapter.init()
-        .then(
-          () => 'bound',
-          (err) => err,
-        );
+      // B is offline for at least reconnectDelay (300 ms): the bind cannot happen now.
+      const outcome = await within(
+        b
+          .of('/late')
+          .adapter.init()
+          .then(
+            () => 'bound',
+            (err) => err,
+          ),
+        'init() during the outage to settle',
+      );
+      assert.ok(outcome instanceof Error, `init() during the outage rejects (got ${String(outcome)})`);
+      assert.match(outcome.message, /will be bound when the connection is back/);
+      assert.equal(readyCalls, 3, 'no readyCallback while offline');
       await back;
-      const outcome = await lateInit;
-      assert.ok(outcome === 'bound' || /will be bound when the connection is back/.test(outcome.message), String(outcome));
+      await eventually(() => readyCalls === 4, "readyCallback for B's /late once it is bound");
       const client = await cluster.client(1, '/late');
       await eventually(async () => (await a.of('/late').adapter.serverCount()) === 2, 'A to see B serve /late');
       const [got] = await Promise.all([waitFor(client, 'late', 'a broadcast to /late on B'), a.of('/late').emit('late', 1)]);
