@@ -139,7 +139,6 @@ class AmqpAdapter extends Adapter {
       flags.compress === undefined ? undefined : Boolean(flags.compress),
       Boolean(flags.local),
     );
-    if (!flags.local) this._cluster.sendSoon();
     this._write(slots, encoded, writeOptions(flags), () => packet);
   }
 
@@ -156,7 +155,6 @@ class AmqpAdapter extends Adapter {
         flags.compress === undefined ? undefined : Boolean(flags.compress),
         flags.timeout ?? this._options.requestsTimeout,
       );
-      this._cluster.sendSoon();
       if (requestId) {
         this._cluster.track(requestId, {
           onReply: (item) => {
@@ -176,7 +174,6 @@ class AmqpAdapter extends Adapter {
     if (opts.flags?.local) return local;
     const timeout = opts.flags?.timeout || this._options.requestsTimeout;
     const { requestId, expected } = this._native.fetchSockets(listOf(opts.rooms), listOf(opts.except), timeout);
-    this._cluster.sendSoon();
     if (expected === 0) return local;
     return new Promise((resolve, reject) => {
       const found = local;
@@ -196,7 +193,6 @@ class AmqpAdapter extends Adapter {
     const list = Array.from(rooms);
     if (!opts.flags?.local) {
       this._native.socketsJoin(listOf(opts.rooms), listOf(opts.except), list);
-      this._cluster.sendSoon();
     }
     for (const socket of this._localSockets(opts)) socket.join(list);
   }
@@ -205,7 +201,6 @@ class AmqpAdapter extends Adapter {
     const list = Array.from(rooms);
     if (!opts.flags?.local) {
       this._native.socketsLeave(listOf(opts.rooms), listOf(opts.except), list);
-      this._cluster.sendSoon();
     }
     for (const socket of this._localSockets(opts)) for (const room of list) socket.leave(room);
   }
@@ -213,7 +208,6 @@ class AmqpAdapter extends Adapter {
   disconnectSockets(opts, close) {
     if (!opts.flags?.local) {
       this._native.disconnectSockets(listOf(opts.rooms), listOf(opts.except), Boolean(close));
-      this._cluster.sendSoon();
     }
     for (const socket of this._localSockets(opts)) socket.disconnect(close);
   }
@@ -223,7 +217,6 @@ class AmqpAdapter extends Adapter {
     const ack = withAck ? packet.pop() : null;
     const args = encodeValue(packet);
     const { requestId, expected } = this._native.serverSideEmit(args, withAck, this._options.requestsTimeout);
-    this._cluster.sendSoon();
     if (!withAck) return;
     if (expected === 0) {
       queueMicrotask(() => ack(null, []));
@@ -281,11 +274,9 @@ class AmqpAdapter extends Adapter {
     const packet = this._decodePacket(item.packet);
     const reply = (arg) => {
       this._native.replyAck(from, requestId, encodeValue(arg));
-      this._cluster.sendSoon();
     };
     const count = this._sendWithAck(item.slots, packet, remoteWriteOptions(item), reply, item.timeoutMs);
     this._native.replyClientCount(from, requestId, count);
-    this._cluster.sendSoon();
   }
 
   _emitRemoteRoomChanges(item) {
@@ -308,7 +299,6 @@ class AmqpAdapter extends Adapter {
       return { id: socket.id, handshake, rooms: [...socket.rooms], data: socket.data };
     });
     this._native.replyFetch(item.from, item.requestId, sockets.length ? encodeValue(sockets) : []);
-    this._cluster.sendSoon();
   }
 
   _onServerSideEmit(item) {
@@ -322,7 +312,6 @@ class AmqpAdapter extends Adapter {
       if (answered) return; // one reply per server, as Socket.IO's cluster adapter
       answered = true;
       this._native.replyServerSideEmit(item.from, item.requestId, encodeValue(arg));
-      this._cluster.sendSoon();
     };
     this.nsp._onServerSideEmit([...args, reply]);
   }

@@ -2,6 +2,7 @@
 // One broker session per Socket.IO server, shared by the adapters of all its namespaces: wraps the
 // native node, routes drained work to the right adapter or pending request, and reports errors.
 const native = require('./native');
+const { namespaceHandle } = require('./namespace-handle');
 const { urlProblem, brokerSettings } = require('./options');
 
 const LOG_PREFIX = '[socket.io-amqp0-native]';
@@ -55,7 +56,7 @@ class ClusterNode {
     const name = adapter.nsp.name;
     if (this.adapters.has(name)) this.adapters.get(name)._detached = true;
     this.adapters.set(name, adapter);
-    return this.native ? this.native.namespace(name) : null;
+    return this.native ? namespaceHandle(this.native.namespace(name), this) : null;
   }
 
   async bind(adapter) {
