@@ -4,7 +4,6 @@ const http = require('node:http');
 const crypto = require('node:crypto');
 const { Server } = require('socket.io');
 const { io: connectClient } = require('socket.io-client');
-const { createAdapter } = require('..');
 
 const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
 const WAIT_MS = 5000;
@@ -59,7 +58,7 @@ async function startCluster(
     const httpServer = http.createServer();
     const io = new Server(httpServer, serverOptions);
     if (setup) setup(io, i);
-    io.adapter(createAdapter(url, { exchangeName, ...adapterOptions }));
+    io.adapter(require('..').createAdapter(url, { exchangeName, ...adapterOptions }));
     await within(io.of('/').adapter.init(), `server ${i} to bind its namespace`);
     await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
     servers.push({ io, httpServer, port: httpServer.address().port });
@@ -100,7 +99,10 @@ async function barrier(fromIo, client, nsp = '/') {
   await arrived;
 }
 
-module.exports = { AMQP_URL, WAIT_MS, uniqueName, waitFor, within, record, startCluster, barrier, createAdapter };
+module.exports = { AMQP_URL, WAIT_MS, uniqueName, waitFor, within, record, startCluster, barrier };
+// Loaded on first use, so a test that never starts a server here (the install test, which runs
+// the packed package elsewhere) does not need this checkout's build.
+Object.defineProperty(module.exports, 'createAdapter', { enumerable: true, get: () => require('..').createAdapter });
 
 /** How many broker connections carry `fragment` in their connection name (rabbitmqctl). */
 function brokerConnectionsMatching(fragment) {
