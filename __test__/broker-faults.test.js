@@ -121,26 +121,37 @@ describe('a full restart of the broker', { timeout: 180000 }, () => {
     await node.start();
     proxy = await TcpProxy.start(node.port);
     const exchangeName = uniqueName('gap');
-    // No heartbeats during the test: what waits in B's queue is then only A's emits.
-    const quiet = { heartbeatInterval: 60000, heartbeatTimeout: 180000 };
+    // No heartbeats during the test: what waits in B's queue is then only A's emits. The queue
+    // must outlive the cut for as long as the test looks at it (queueExpiry defaults to 10 s with
+    // these reconnect settings).
+    const quiet = { heartbeatInterval: 60000, heartbeatTimeout: 180000, queueExpiry: 120000 };
     const a = await serverOn(node.url, exchangeName, quiet);
     const b = await serverOn(proxy.url, exchangeName, quiet); // B goes through the proxy
     const missed = [];
     b.adapter.on('missed', (info) => missed.push(info));
     const seen = record(b.client, 'n');
+    const bQueue = async () => {
+      const line = (await node.ctl('list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'))
+        .split('\n')
+        .find((l) => l.includes(b.adapter.uid));
+      assert.ok(line, `B's queue (${b.adapter.uid}) exists`);
+      const [, ready, unacked] = line.split('\t').map(Number);
+      return { ready, unacked };
+    };
     try {
       await eventually(async () => (await a.adapter.serverCount()) === 2, 'A to count B', 10000);
       a.io.emit('n', 0);
       await eventually(() => seen.length === 1, 'the first emit to reach B', 10000);
+      // B acknowledges once its queue is quiet; after that nothing of A's is left in it.
+      await eventually(async () => {
+        const { ready, unacked } = await bQueue();
+        return ready === 0 && unacked === 0;
+      }, "B's queue to be empty and fully acknowledged");
 
       // B is cut off; what A emits now waits in B's queue on the broker.
       const bLost = waitFor(b.adapter, 'disconnect', 'B to lose the broker', 10000);
       await proxy.cut();
       await bLost;
-      const queue = (await node.ctl('list_queues', 'name', 'messages_ready', '-q'))
-        .split('\n')
-        .find((line) => line.includes(b.adapter.uid));
-      assert.ok(queue, "B's queue outlives its connection");
       const publishedBefore = a.adapter.stats().published;
       for (let n = 1; n <= 10; n++) {
         a.io.emit('n', n);
@@ -148,8 +159,7 @@ describe('a full restart of the broker', { timeout: 180000 }, () => {
       }
       const held = await eventually(
         async () => {
-          const line = (await node.ctl('list_queues', 'name', 'messages_ready', '-q')).split('\n').find((l) => l.includes(b.adapter.uid));
-          const ready = Number(line.split('\t')[1]);
+          const { ready } = await bQueue();
           const { buffered, published } = a.adapter.stats();
           return buffered === 0 && ready > 0 && ready === published - publishedBefore && ready;
         },
