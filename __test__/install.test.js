@@ -17,15 +17,14 @@ const NPM = process.platform === 'win32' ? 'npm.cmd' : 'npm';
 // The binary `npm run build` made for this machine names the platform package it belongs in.
 // SIO_NATIVE_BINARY picks another build of it (.ci/run passes the glibc 2.17 release build).
 function builtBinary() {
-  if (process.env.SIO_NATIVE_BINARY) {
-    const file = path.resolve(process.env.SIO_NATIVE_BINARY);
-    const suffix = path.basename(file).split('.')[1];
-    return { file, suffix, packageName: `socket.io-amqp0-native-${suffix}` };
+  let file = process.env.SIO_NATIVE_BINARY && path.resolve(process.env.SIO_NATIVE_BINARY);
+  if (!file) {
+    const binaries = fs.readdirSync(ROOT).filter((name) => /^socket-io-amqp0-native\..+\.node$/.test(name));
+    assert.equal(binaries.length, 1, `exactly one built addon in the checkout (npm run build): ${binaries}`);
+    file = path.join(ROOT, binaries[0]);
   }
-  const binaries = fs.readdirSync(ROOT).filter((name) => /^socket-io-amqp0-native\..+\.node$/.test(name));
-  assert.equal(binaries.length, 1, `exactly one built addon in the checkout (npm run build): ${binaries}`);
-  const suffix = binaries[0].split('.')[1];
-  return { file: path.join(ROOT, binaries[0]), suffix, packageName: `socket.io-amqp0-native-${suffix}` };
+  const suffix = path.basename(file).split('.')[1];
+  return { file, suffix, packageName: `socket.io-amqp0-native-${suffix}` };
 }
 
 // PATH without any folder that holds cargo, so nothing in the install could build from source.

@@ -9,6 +9,8 @@ const amqplib = require('amqplib');
 const { TcpProxy } = require('./tcp-proxy');
 const { AMQP_URL, startCluster, waitFor, eventually, record, barrier, closeBrokerConnections, brokerFootprint } = require('./helpers');
 
+// The shared broker's port, for the proxy that stands in front of it.
+const BROKER_PORT = Number(new URL(AMQP_URL).port || 5672);
 const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
 
 function rabbitQueues(fragment) {
@@ -81,7 +83,7 @@ describe('every server loses the broker at once', () => {
   it('a 2 s network outage that refuses every reconnect: emits both ways arrive once each, in order', async () => {
     // Every server reaches the broker through one proxy; cutting it drops all their connections at
     // once and refuses new ones until it listens again, while the broker keeps the queues.
-    const proxy = await TcpProxy.start(Number(new URL(AMQP_URL).port || 5672));
+    const proxy = await TcpProxy.start(BROKER_PORT);
     const cluster = await startCluster(3, { url: proxy.url, adapterOptions: FAST });
     const refused = cluster.ios.map(() => 0);
     const reconnectedEarly = [];
@@ -110,7 +112,7 @@ describe('every server loses the broker at once', () => {
 
   it('50 drops of every server in a row leave the broker footprint as it was; close() deletes the queues', async () => {
     // The drops are network cuts through a proxy (a rabbitmqctl per drop would take seconds each).
-    const proxy = await TcpProxy.start(Number(new URL(AMQP_URL).port || 5672));
+    const proxy = await TcpProxy.start(BROKER_PORT);
     const cluster = await startCluster(2, { url: proxy.url, adapterOptions: FAST });
     const uids = cluster.ios.map((io) => io.of('/').adapter.uid);
     const footprint = () => uids.map((uid) => brokerFootprint(uid));

@@ -13,7 +13,7 @@ function kindOf(tid, comm) {
   return 'other';
 }
 
-/** {kind: {cpuMs, voluntary, nonvoluntary}} summed over the process's threads now. */
+/** {kind: {cpuMs, switches}} summed over the process's threads now. */
 function sample() {
   const totals = {};
   let tids;
@@ -28,14 +28,12 @@ function sample() {
       const comm = fs.readFileSync(`${dir}/comm`, 'utf8').trim();
       const cpuMs = Number(fs.readFileSync(`${dir}/schedstat`, 'utf8').split(' ')[0]) / 1e6; // ns on a CPU
       const status = fs.readFileSync(`${dir}/status`, 'utf8');
-      const voluntary = Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(status)[1]);
-      const nonvoluntary = Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(status)[1]);
+      const switches = [...status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
       const kind = kindOf(Number(name), comm);
-      totals[kind] ??= { cpuMs: 0, voluntary: 0, nonvoluntary: 0 };
+      totals[kind] ??= { cpuMs: 0, switches: 0 };
       const t = totals[kind];
       t.cpuMs += cpuMs;
-      t.voluntary += voluntary;
-      t.nonvoluntary += nonvoluntary;
+      t.switches += switches;
     } catch {
       // the thread ended between the listing and the read
     }
@@ -48,8 +46,8 @@ function difference(before, after) {
   if (!before || !after) return null;
   const out = {};
   for (const [kind, t] of Object.entries(after)) {
-    const b = before[kind] ?? { cpuMs: 0, voluntary: 0, nonvoluntary: 0 };
-    out[kind] = { cpuMs: t.cpuMs - b.cpuMs, switches: t.voluntary - b.voluntary + (t.nonvoluntary - b.nonvoluntary) };
+    const b = before[kind] ?? { cpuMs: 0, switches: 0 };
+    out[kind] = { cpuMs: t.cpuMs - b.cpuMs, switches: t.switches - b.switches };
   }
   return out;
 }

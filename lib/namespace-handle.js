@@ -39,4 +39,4 @@ function namespaceHandle(native, cluster) {
   return handle;
 }
 
-module.exports = { namespaceHandle, PUBLISHING };
+module.exports = { namespaceHandle };
