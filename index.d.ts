@@ -52,6 +52,20 @@ export interface AmqpAdapterOptions {
    * `max(10000, 2 * (reconnectDelayMax + connectTimeout))`: 70000 with the defaults.
    */
   queueExpiry?: number;
+  /**
+   * Connection state recovery (when the Server has `connectionStateRecovery`): the durable
+   * RabbitMQ stream that is the recovery log, shared by the cluster. Default
+   * `'<exchangeName>.recovery'`.
+   */
+  recoveryStream?: string;
+  /**
+   * How long the recovery log keeps packets and sessions, in ms (the stream's `x-max-age`). A
+   * client whose last received packet is older cannot be recovered. Default
+   * `max(2 * maxDisconnectionDuration, maxDisconnectionDuration + 60000)`.
+   */
+  recoveryMaxAge?: number;
+  /** The recovery log's size cap in bytes (`x-max-length-bytes`; oldest segments go first). Default 1 GiB. */
+  recoveryMaxBytes?: number;
   /** TLS settings for `amqps://` URLs. */
   tls?: {
     /** CA certificate(s), PEM, trusted in addition to the system's (e.g. a self-signed CA). */
@@ -88,6 +102,15 @@ export interface AdapterStats {
   missed: number;
   /** Reconnects that found this server's queue gone (a broker restart, or an outage past `queueExpiry`). */
   queuesLost: number;
+  /** Connection state recovery: sessions of disconnected sockets written to the recovery log. */
+  sessionsPersisted: number;
+  /** Connection state recovery: clients recovered on this server. */
+  sessionsRestored: number;
+  /** Connection state recovery: clients that asked to be recovered here and were not (unknown,
+   *  used or expired session, offset not in the log, recovery unavailable). */
+  sessionsNotRestored: number;
+  /** Connection state recovery: reads of the recovery log (restores arriving together share one). */
+  recoveryScans: number;
   /** Publishes waiting to go out, e.g. during an outage (a gauge). */
   buffered: number;
   /** Requests of this server still waiting for replies or their timeout (a gauge). */
@@ -131,6 +154,10 @@ export interface IncompleteAnswerError extends Error {
  * - `missed` ({@link MissedMessages}): messages another server sent here never arrived — its
  *   sequence numbers jumped, after a broker restart or an expired queue (always logged too);
  * - `create-room`, `join-room`, `leave-room`, `delete-room`, as the in-memory adapter.
+ *
+ * With the Server's `connectionStateRecovery`, `persistSession` and `restoreSession` (inherited
+ * signatures) work across servers through the recovery log; `restoreSession` resolves to `null`
+ * when the client cannot be recovered, and never rejects.
  */
 export declare class AmqpAdapter extends Adapter {
   /** This server's id on the bus; `null` when the URL was unusable. */
@@ -186,6 +213,12 @@ export interface EmitterOptions {
   tls?: { ca?: string | Buffer };
   /** The servers' Socket.IO parser (e.g. `require('socket.io-msgpack-parser')`). Default socket.io-parser. */
   parser?: { Encoder: new () => { encode(packet: unknown): Array<string | Buffer | Uint8Array> } };
+  /**
+   * Connection state recovery: give broadcasts (not volatile ones) an offset and a copy in the
+   * servers' recovery log, so clients that were disconnected get them when they are recovered.
+   * The servers must have `connectionStateRecovery` on. Default false.
+   */
+  recoverable?: boolean;
 }
 
 /** Counters of an emitter. */

@@ -18,7 +18,7 @@ function createAdapter(urlOrOptions, maybeOptions) {
   function AmqpAdapterFactory(nsp) {
     let node = nodes.get(nsp.server);
     if (!node || node.closed) {
-      node = new ClusterNode(options);
+      node = new ClusterNode(options, nsp.server.opts);
       nodes.set(nsp.server, node);
     }
     return new AmqpAdapter(nsp, node);

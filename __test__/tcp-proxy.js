@@ -1,5 +1,6 @@
 'use strict';
-// A loopback TCP proxy in front of a broker, so a test can make a real network outage for its own
+// A loopback TCP proxy in front of a broker (or of a Socket.IO server: `targetPort` may change, as a
+// load balancer sends reconnecting clients to another server), so a test can make a real network outage for its own
 // servers only: every connection through it is cut at once and new ones are refused (nothing
 // listens on the port) for a while, as when a load balancer or the network fails. The broker itself
 // keeps running, with the servers' queues.
@@ -58,6 +59,18 @@ class TcpProxy {
     const closed = new Promise((resolve) => server.close(resolve));
     for (const socket of this.sockets) socket.destroy();
     await closed;
+  }
+
+  /** Stops listening, keeping the connections already made: new ones are refused until `restore()`. */
+  refuse() {
+    // close() stops listening at once; its callback would wait for the kept connections to end.
+    this.server.close();
+    this.server = null;
+  }
+
+  /** Drops every connection made so far (their peers see a network failure); keeps listening. */
+  drop() {
+    for (const socket of this.sockets) socket.destroy();
   }
 
   /** Listens again on the same port. */

@@ -16,6 +16,10 @@ const SOCKET_LEFT = 1;
 const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
+const EVENT = 2; // socket.io-parser's PacketType.EVENT
+// Connection state recovery: offsets this adapter makes (see ClusterNode.nextOffset); anything
+// else a client sends is not looked up.
+const OFFSET_SHAPE = /^\d{1,20}-[0-9A-Za-z]{1,32}-\d{1,20}$/;
 
 class AmqpAdapter extends Adapter {
   constructor(nsp, cluster) {
@@ -27,6 +31,8 @@ class AmqpAdapter extends Adapter {
     this._ready = null;
     this._readyLater = false; // init() was refused: call readyCallback when the connection is up
     this._closed = false;
+    // Connection state recovery is on for this server and it has a broker session.
+    this._recovery = Boolean(cluster.recovery && cluster.native);
     this.rooms = roomsView(this._native);
     this.sids = sidsView(this._native);
     const { shutdownCallbackCallback } = this._options;
@@ -90,7 +96,12 @@ class AmqpAdapter extends Adapter {
   // socket.io does not await its own joins.
   addAll(id, rooms) {
     const list = Array.from(rooms);
-    const result = this._native.addAll(id, list);
+    return this._joined(id, list, this._native.addAll(id, list));
+  }
+
+  // Records the socket's slot and emits the room events of a join (`result`: the native index's
+  // [slot, change per room]); returns the binding promise of created rooms (room routing).
+  _joined(id, list, result) {
     this._slotIds[result[0]] = id;
     let bindingPending = false;
     for (let i = 0; i < list.length; i++) {
@@ -130,6 +141,14 @@ class AmqpAdapter extends Adapter {
   broadcast(packet, opts) {
     const flags = opts.flags || {};
     packet.nsp = this.nsp.name;
+    // Storable for connection state recovery (the rule of socket.io-adapter's ClusterAdapter): an
+    // event without ack, neither volatile nor local. The offset goes in as the last argument, so
+    // local and remote clients get the same bytes and report it back when they reconnect.
+    let offset;
+    if (this._recovery && packet.type === EVENT && packet.id === undefined && !flags.volatile && !flags.local) {
+      offset = this._cluster.nextOffset();
+      packet.data.push(offset);
+    }
     const encoded = toTransferable(this.encoder.encode(packet));
     const slots = this._native.broadcast(
       encoded,
@@ -138,6 +157,7 @@ class AmqpAdapter extends Adapter {
       Boolean(flags.volatile),
       flags.compress === undefined ? undefined : Boolean(flags.compress),
       Boolean(flags.local),
+      offset,
     );
     this._write(slots, encoded, writeOptions(flags), () => packet);
   }
@@ -234,10 +254,39 @@ class AmqpAdapter extends Adapter {
     });
   }
 
-  persistSession() {}
+  // ---- connection state recovery (see src/recovery/) -------------------------------------
 
-  restoreSession() {
-    return null;
+  /** Socket.IO calls this when a socket disconnects in a recoverable way: the session goes to the log. */
+  persistSession(session) {
+    if (!this._recovery) return;
+    this._native.persistSession(session.sid, session.pid, [...session.rooms], encodeValue(session.data ?? null));
+  }
+
+  /**
+   * Socket.IO calls this when a client reconnects with `{ pid, offset }`. Resolves to the session
+   * (with the packets the client missed, decoded, each ending with its offset) or null: unknown,
+   * already used, expired, offset not in the log, or recovery unavailable. Never rejects.
+   */
+  async restoreSession(pid, offset) {
+    if (!this._recovery || typeof pid !== 'string' || typeof offset !== 'string' || !OFFSET_SHAPE.test(offset)) return null;
+    const found = await this._native.restoreSession(pid, offset);
+    if (!found || this._closed) return null;
+    // Same JS turn as the result: the socket enters the index and the recording of live packets
+    // ends together (src/recovery/recorder.rs), so nothing is lost or sent twice at the hand-off.
+    const finished = this._native.finishRestore(found.handle, found.sid, found.rooms);
+    if (!finished) return null;
+    this._joined(found.sid, found.rooms, finished.joined);
+    const missedPackets = [];
+    try {
+      for (const parts of found.packets) missedPackets.push(this._decodePacket(parts).data);
+      for (const parts of finished.packets) missedPackets.push(this._decodePacket(parts).data);
+    } catch (err) {
+      // A stored packet this server's parser cannot read (servers with different parsers).
+      this.delAll(found.sid);
+      this._cluster.reportError(new Error(`socket.io-amqp0-native: a session was not restored: ${err.message}`));
+      return null;
+    }
+    return { sid: found.sid, pid, rooms: found.rooms, data: decodeValue(found.data), missedPackets };
   }
 
   // ---- work from other servers (see ClusterNode._route) ----------------------------------

@@ -3,13 +3,16 @@
 // native node, routes drained work to the right adapter or pending request, and reports errors.
 const native = require('./native');
 const { namespaceHandle } = require('./namespace-handle');
-const { urlProblem, brokerSettings } = require('./options');
+const { urlProblem, brokerSettings, recoverySettings } = require('./options');
 
 const LOG_PREFIX = '[socket.io-amqp0-native]';
 
 class ClusterNode {
-  constructor(options) {
+  // `serverOptions`: the Socket.IO server's own options (its connectionStateRecovery).
+  constructor(options, serverOptions) {
     this.options = options;
+    this.recovery = recoverySettings(options, serverOptions);
+    this._offsets = 0;
     this.adapters = new Map(); // namespace name -> AmqpAdapter
     this.requests = new Map(); // request id -> { onReply(item), onDone(outcome) }
     this.closed = false;
@@ -29,6 +32,7 @@ class ClusterNode {
             heartbeatTimeoutMs: options.heartbeatTimeout,
             roomRouting: options.roomRouting,
             queueExpiryMs: options.queueExpiry,
+            recovery: this.recovery,
           },
           () => this._onWake(),
         );
@@ -46,6 +50,16 @@ class ClusterNode {
     if (this._sendScheduled || !this.native) return;
     this._sendScheduled = true;
     queueMicrotask(this._sendQueued);
+  }
+
+  /**
+   * Connection state recovery: a new packet offset, `<ms>-<uid>-<n>`: unique in the cluster,
+   * ordered per server, and carrying its send time, from which a restore starts reading the log.
+   */
+  nextOffset() {
+    this._offsets += 1;
+    this._uid ??= this.native.uid;
+    return `${Date.now()}-${this._uid}-${this._offsets}`;
   }
 
   get uid() {

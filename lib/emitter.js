@@ -2,6 +2,7 @@
 // The emitter: reaches the clients and servers of a Socket.IO cluster from a process that is not a
 // Socket.IO server (a worker, a cron job), through the adapters' exchange. The API follows
 // @socket.io/redis-emitter: `emitter.to(room).emit(...)`, `emitter.of('/nsp')`, `socketsJoin`, ...
+const { randomBytes } = require('node:crypto');
 const { EventEmitter } = require('node:events');
 const native = require('./native');
 const { normalizeOptions, urlProblem, brokerSettings } = require('./options');
@@ -25,6 +26,11 @@ class Emitter {
     const problem = options.amqpUrls.map(urlProblem).find(Boolean);
     if (problem) throw new TypeError(`socket.io-amqp0-native: ${problem}`);
     this._encoder = new (options.parser ?? require('socket.io-parser')).Encoder();
+    // Connection state recovery: broadcasts get offsets and a copy in the recovery log, so clients
+    // that were disconnected receive them when they recover (the servers must have it on too).
+    this._recoverable = Boolean(options.recoverable);
+    this._offsetId = `e${randomBytes(8).toString('hex')}`;
+    this._offsets = 0;
     this._native = new native.NativeEmitter(brokerSettings(options), ([kind, detail]) => this._onEvent(kind, detail));
     this._root = new BroadcastOperator(this, '/', new Set(), new Set(), {});
     this._closing = null;
@@ -52,6 +58,12 @@ class Emitter {
     return this._native.ready().catch((err) => {
       throw new Error(`socket.io-amqp0-native: ${err.message}`);
     });
+  }
+
+  // `<ms>-<id>-<n>`, the shape the servers' offsets have (lib/cluster-node.js nextOffset).
+  _nextOffset() {
+    this._offsets += 1;
+    return `${Date.now()}-${this._offsetId}-${this._offsets}`;
   }
 
   /** Sends what is still buffered, then closes the connection. */
@@ -167,7 +179,10 @@ class BroadcastOperator {
     if (typeof args[args.length - 1] === 'function') {
       throw new Error('socket.io-amqp0-native: the emitter does not support acknowledgements');
     }
-    const parts = toTransferable(this._emitter._encoder.encode({ type: EVENT, data: [ev, ...args], nsp: this._nsp }));
+    const data = [ev, ...args];
+    const offset = this._emitter._recoverable && !this._flags.volatile ? this._emitter._nextOffset() : undefined;
+    if (offset) data.push(offset);
+    const parts = toTransferable(this._emitter._encoder.encode({ type: EVENT, data, nsp: this._nsp }));
     this._emitter._native.broadcast(
       this._nsp,
       parts,
@@ -175,6 +190,7 @@ class BroadcastOperator {
       [...this._except],
       Boolean(this._flags.volatile),
       this._flags.compress,
+      offset,
     );
     return true;
   }

@@ -14,6 +14,7 @@ const PUBLISHING = new Set([
   'replyServerSideEmit',
   'replyClientCount',
   'replyAck',
+  'persistSession',
 ]);
 
 function namespaceHandle(native, cluster) {
@@ -31,8 +32,8 @@ function namespaceHandle(native, cluster) {
       : method;
   }
   // A local broadcast publishes nothing: no wake-up for it.
-  handle.broadcast = (packet, rooms, except, volatile, compress, localOnly) => {
-    const slots = native.broadcast(packet, rooms, except, volatile, compress, localOnly);
+  handle.broadcast = (packet, rooms, except, volatile, compress, localOnly, offset) => {
+    const slots = native.broadcast(packet, rooms, except, volatile, compress, localOnly, offset);
     if (!localOnly) cluster.sendSoon();
     return slots;
   };

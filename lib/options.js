@@ -20,7 +20,7 @@ const DEFAULTS = Object.freeze({
   roomRouting: false,
 });
 
-const STRINGS = ['exchangeName', 'queuePrefix', 'instanceName'];
+const STRINGS = ['exchangeName', 'queuePrefix', 'instanceName', 'recoveryStream'];
 const COUNTS = {
   connectTimeout: [1, 600000],
   prefetch: [1, 65535],
@@ -32,6 +32,8 @@ const COUNTS = {
   reconnectDelay: [1, 3600000],
   reconnectDelayMax: [1, 3600000],
   queueExpiry: [1000, 2147483647],
+  recoveryMaxAge: [1000, 2147483647],
+  recoveryMaxBytes: [1048576, Number.MAX_SAFE_INTEGER],
 };
 const COMMON = [
   'amqpUrl',
@@ -60,11 +62,14 @@ const KINDS = {
       'heartbeatTimeout',
       'roomRouting',
       'queueExpiry',
+      'recoveryStream',
+      'recoveryMaxAge',
+      'recoveryMaxBytes',
     ]),
   },
   // queuePrefix and instanceName are accepted so one options object can serve the adapter and the
   // emitter; the emitter has no queue, so they change nothing there.
-  emitter: { call: 'new Emitter', known: new Set([...COMMON, 'parser']) },
+  emitter: { call: 'new Emitter', known: new Set([...COMMON, 'parser', 'recoverable']) },
 };
 
 // AMQP short strings (exchange and queue names) are at most 255 bytes; the queue name adds the
@@ -124,7 +129,9 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   for (const key of ['readyCallback', 'shutdownCallbackCallback']) {
     if (options[key] !== undefined && typeof options[key] !== 'function') fail(`${key} must be a function`);
   }
-  if (options.roomRouting !== undefined && typeof options.roomRouting !== 'boolean') fail('roomRouting must be a boolean');
+  for (const key of ['roomRouting', 'recoverable']) {
+    if (options[key] !== undefined && typeof options[key] !== 'boolean') fail(`${key} must be a boolean`);
+  }
   for (const [key, [min, max]] of Object.entries(COUNTS)) {
     const value = options[key];
     if (value !== undefined && (!Number.isInteger(value) || value < min || value > max)) {
@@ -151,6 +158,28 @@ function normalizeOptions(urlOrOptions, maybeOptions, kind = 'adapter') {
   const queueBytes = Buffer.byteLength(`${resolved.queuePrefix}.${resolved.instanceName}.`) + 16;
   if (queueBytes > MAX_NAME_BYTES) fail('queuePrefix and instanceName together are too long for a queue name');
   return resolved;
+}
+
+/** The recovery log's default size cap: 1 GiB. */
+const DEFAULT_RECOVERY_MAX_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * Connection state recovery's settings for the native node, from the Server's
+ * `connectionStateRecovery` option; undefined when it is off. The log keeps packets for twice
+ * `maxDisconnectionDuration` (at least that plus a minute): a client's last received packet may be
+ * older than its disconnection.
+ */
+function recoverySettings(options, serverOptions) {
+  const recovery = serverOptions?.connectionStateRecovery;
+  if (!recovery) return undefined;
+  const ttl = recovery.maxDisconnectionDuration ?? 2 * 60 * 1000;
+  if (!Number.isFinite(ttl) || ttl <= 0) fail('connectionStateRecovery.maxDisconnectionDuration must be a positive number');
+  return {
+    stream: options.recoveryStream ?? `${options.exchangeName}.recovery`,
+    sessionTtlMs: ttl,
+    maxAgeMs: options.recoveryMaxAge ?? Math.max(2 * ttl, ttl + 60000),
+    maxBytes: options.recoveryMaxBytes ?? DEFAULT_RECOVERY_MAX_BYTES,
+  };
 }
 
 /**
@@ -207,4 +236,4 @@ function brokerSettings(options) {
   };
 }
 
-module.exports = { normalizeOptions, urlProblem, brokerSettings, DEFAULTS };
+module.exports = { normalizeOptions, urlProblem, brokerSettings, recoverySettings, DEFAULTS };

@@ -17,6 +17,7 @@
 use crate::connection::panic_text;
 use crate::membership::Peers;
 use crate::outbox::Outbox;
+use crate::recovery::{Recovery, RecoveryConfig, Restored, SessionToPersist, LOG_KEY};
 use crate::requests::{Departure, Outcome, Reply, Requests};
 use crate::room_bindings::RoomBindings;
 use crate::room_index::{RoomIndex, Slot, ROOM_CREATED, ROOM_DELETED, SOCKET_JOINED, SOCKET_LEFT};
@@ -52,6 +53,8 @@ pub struct NodeConfig {
     /// How long the broker keeps this server's queue after its connection is lost (`x-expires`):
     /// what is sent meanwhile waits for the reconnect.
     pub queue_expiry: Duration,
+    /// Connection state recovery (see `recovery`): `None` when the host has it off.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 /// One namespace served by this node.
@@ -225,6 +228,8 @@ pub struct Node {
     /// A failpoint for the tests that prove a panic costs one broadcast, not the process.
     panic_on_next_broadcast: AtomicBool,
     pub stats: Stats,
+    /// Connection state recovery's log and restores, when the host turned it on.
+    pub recovery: Option<Arc<Recovery>>,
 }
 
 impl Node {
@@ -233,6 +238,7 @@ impl Node {
         let queue = format!("{}.{}.{}", config.queue_prefix, config.instance_name, uid);
         let (control, receiver) = mpsc::unbounded_channel();
         let outbox = Outbox::new(config.broker.publish_buffer);
+        let recovery = config.recovery.clone().map(|c| Arc::new(Recovery::new(c)));
         Arc::new(Node {
             uid,
             queue,
@@ -259,6 +265,7 @@ impl Node {
             malformed_reports: Throttle::new(Duration::from_secs(5)),
             panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
+            recovery,
         })
     }
 
@@ -291,6 +298,59 @@ impl Node {
             }
         };
         *self.task.lock() = Some(runtime.spawn(task));
+        if let Some(recovery) = &self.recovery {
+            // The reader holds the node weakly: it must not keep a closed node alive.
+            let publisher = Arc::downgrade(self);
+            let reporter = Arc::downgrade(self);
+            let publish = Arc::new(move |record: Message| {
+                if let Some(node) = publisher.upgrade() {
+                    node.send(LOG_KEY.to_string(), "", record);
+                }
+            });
+            let report = Arc::new(move |message: String| {
+                if let Some(node) = reporter.upgrade() {
+                    node.report(message);
+                }
+            });
+            let _guard = runtime.enter();
+            recovery.start(publish, report, self.closing.subscribe());
+        }
+    }
+
+    /// Connection state recovery: queues the session of a socket that disconnected in a
+    /// recoverable way (sent with the host's next `send_queued`, or by `close()`).
+    pub fn persist_session(&self, nsp: &str, session: SessionToPersist) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        if let Some(count) = recovery.persist(&self.outbox, |m| self.envelope(nsp, m), session) {
+            self.push(Inbound::Ready(Drained::Dropped { count }));
+        }
+    }
+
+    /// Connection state recovery: the session `pid` of `nsp` and the packets its client missed
+    /// since `offset`, with a handle for [`finish_restore`](Self::finish_restore); `None` when
+    /// it cannot be restored (unknown, used, expired, or recovery unavailable).
+    pub async fn restore_session(
+        &self,
+        nsp: &str,
+        pid: &str,
+        offset: &str,
+    ) -> Option<(u64, Restored)> {
+        self.recovery.as_ref()?.restore(nsp, pid, offset).await
+    }
+
+    /// Puts a restored socket into the namespace's index (with room routing, its new rooms are
+    /// bound as for any join) and returns the live packets for it since its scan.
+    pub fn finish_restore(
+        &self,
+        ns: &Namespace,
+        handle: u64,
+        sid: &str,
+    ) -> Option<(crate::room_index::AddOutcome, Vec<Vec<PacketPart>>)> {
+        self.recovery
+            .as_ref()?
+            .finish_restore(handle, sid, &ns.index)
     }
 
     /// The namespace's state on this node, created on first use.
@@ -401,10 +461,36 @@ impl Node {
     /// the host calls [`send_queued`](Self::send_queued): everything one JS turn emits leaves in
     /// one hand-off to the connection task.
     pub fn publish(&self, nsp: &str, message: Message) {
+        self.record_own(nsp, &message);
         let key = self
             .room_routing_key(nsp, &message)
             .unwrap_or_else(|| namespace_key(nsp));
         self.queue(key, nsp, message);
+    }
+
+    /// Connection state recovery: a storable packet for local sockets only (`socket.emit`, which
+    /// Socket.IO turns into a broadcast to the socket's own room) goes to the recovery log alone:
+    /// no other server has a socket to deliver it to.
+    pub fn publish_to_log(&self, nsp: &str, message: Message) {
+        self.record_own(nsp, &message);
+        self.queue(LOG_KEY.to_string(), nsp, message);
+    }
+
+    /// A restore under way records the namespace's live packets; this server's own do not come
+    /// back to it through its queue, so they are recorded as they leave.
+    fn record_own(&self, nsp: &str, message: &Message) {
+        if let (
+            Some(recovery),
+            Message::Broadcast {
+                target,
+                packet,
+                offset: Some(offset),
+                ..
+            },
+        ) = (&self.recovery, message)
+        {
+            recovery.record_own(nsp, target, offset, packet);
+        }
     }
 
     /// Wakes the connection task for the publishes the host queued.
@@ -710,8 +796,24 @@ impl Node {
                 flags,
                 packet,
                 ack,
+                offset,
             } => {
-                if !ns.index.lock().has_recipient(&target) {
+                // While a restore records this namespace, hold the recorders from recording the
+                // packet until it is filtered: see `Recovery::finish_restore`.
+                let has_recipient = {
+                    let mut recording = match (&self.recovery, &offset) {
+                        (Some(recovery), Some(_)) if recovery.recording() => {
+                            Some(recovery.recorders.lock())
+                        }
+                        _ => None,
+                    };
+                    if let (Some(recorders), Some(offset)) = (&mut recording, &offset) {
+                        recorders.record(nsp, &target, offset, &packet);
+                    }
+                    let has_recipient = ns.index.lock().has_recipient(&target);
+                    has_recipient
+                };
+                if !has_recipient {
                     self.stats
                         .no_local_recipient
                         .fetch_add(1, Ordering::Relaxed);
@@ -780,6 +882,8 @@ impl Node {
             | Message::BroadcastClientCount { .. }
             | Message::BroadcastAck { .. }
             | Message::Batch(_) => {}
+            // Recovery log records: never routed to a server's queue.
+            Message::Session { .. } | Message::Fence { .. } => {}
         }
     }
 

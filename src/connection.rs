@@ -5,6 +5,7 @@
 
 use crate::cluster::{Control, Drained, Inbound, Node};
 use crate::outbox::{Outbox, MAX_BATCH};
+use crate::recovery::LOG_KEY;
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{
@@ -166,6 +167,8 @@ impl Node {
         if transport.queue_lost() {
             self.on_queue_lost();
         }
+        // Before anything is published: storable packets are copied to the log as they leave.
+        self.open_recovery_log(transport).await;
         if let Err(error) = self.bind_namespaces(transport).await {
             return SessionEnd::Lost(error);
         }
@@ -216,6 +219,34 @@ impl Node {
             };
             if let Err(error) = result {
                 return SessionEnd::Lost(error);
+            }
+        }
+    }
+
+    /// Connection state recovery: declares and binds the recovery log. A broker without streams
+    /// is reported once; recovery is then off (clients are not recovered) and the rest works.
+    async fn open_recovery_log(&self, transport: &Transport) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let config = &recovery.config;
+        let declared = transport
+            .declare_log(&config.stream, LOG_KEY, recovery.stream_arguments())
+            .await;
+        match declared {
+            Ok(warning) => {
+                recovery.connected(transport.connection());
+                if let Some(warning) = warning {
+                    self.report(warning);
+                }
+            }
+            Err(error) => {
+                if recovery.unavailable() {
+                    self.report(format!(
+                        "connection state recovery is off: {error} (it needs RabbitMQ 3.9 or later \
+                         with the stream_queue feature flag enabled)"
+                    ));
+                }
             }
         }
     }
@@ -361,6 +392,9 @@ impl Node {
     }
 
     fn on_connection_lost(&self, reason: String) {
+        if let Some(recovery) = &self.recovery {
+            recovery.disconnected();
+        }
         self.bound.lock().clear();
         self.rooms.session_ended();
         // Unreachable servers cannot answer: stop counting them and stop waiting for them.
@@ -522,9 +556,13 @@ pub(crate) async fn flush(
         if envelopes.is_empty() {
             return Ok(());
         }
-        let bodies: Vec<(String, Vec<u8>)> = envelopes
+        let bodies: Vec<(String, Vec<u8>, Option<&str>)> = envelopes
             .iter()
-            .map(|(key, envelope)| (key.clone(), wire::encode(envelope)))
+            .map(|(key, envelope)| {
+                // Storable packets also go to the recovery log, by the same publish.
+                let copy = envelope.message.recoverable() && key != LOG_KEY;
+                (key.clone(), wire::encode(envelope), copy.then_some(LOG_KEY))
+            })
             .collect();
         let results = transport.publish_all(&bodies).await;
         let mut first_error = None;

@@ -284,6 +284,7 @@ impl Broadcast<'_> {
             flags: self.flags,
             packet,
             ack: None,
+            offset: None,
         };
         self.emitter.publish(&self.nsp, message);
     }

@@ -11,6 +11,7 @@ pub mod emitter;
 pub mod membership;
 mod outbox;
 pub mod packet;
+pub mod recovery;
 pub mod requests;
 mod room_bindings;
 pub mod room_index;

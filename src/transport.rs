@@ -16,6 +16,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -93,7 +94,8 @@ pub struct TransportConfig {
 }
 
 pub struct Transport {
-    connection: Connection,
+    /// Shared with the recovery log's scans, which open channels of their own.
+    connection: Arc<Connection>,
     publisher: Channel,
     exchange: String,
     queue: String,
@@ -221,7 +223,7 @@ impl Transport {
             None => None,
         };
         let transport = Transport {
-            connection,
+            connection: Arc::new(connection),
             publisher,
             exchange: config.exchange.clone(),
             queue: config.queue.clone().unwrap_or_default(),
@@ -359,28 +361,120 @@ impl Transport {
 
     /// Publishes every (routing key, body) in order, all in flight at once: one hand-off to
     /// lapin's I/O thread for the lot instead of a round trip each. One result per publish.
-    pub async fn publish_all(&self, messages: &[(String, Vec<u8>)]) -> Vec<Result<(), String>> {
+    /// `copy_to`: a second routing key the broker also delivers the message to (the recovery
+    /// log), through the `BCC` header: one publish, and the broker strips the header.
+    pub async fn publish_all(
+        &self,
+        messages: &[(String, Vec<u8>, Option<&str>)],
+    ) -> Vec<Result<(), String>> {
         let publishes = messages
             .iter()
-            .map(|(key, body)| -> InFlight<'_, Result<(), String>> {
-                Box::pin(self.publish(key, body))
+            .map(|(key, body, copy_to)| -> InFlight<'_, Result<(), String>> {
+                Box::pin(self.publish_copied(key, body, *copy_to))
             })
             .collect();
         all_in_order(publishes).await
     }
 
     pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), String> {
+        self.publish_copied(routing_key, body, None).await
+    }
+
+    async fn publish_copied(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        copy_to: Option<&str>,
+    ) -> Result<(), String> {
+        let properties = match copy_to {
+            None => BasicProperties::default(),
+            Some(key) => {
+                let mut headers = FieldTable::default();
+                let keys = vec![AMQPValue::LongString(key.into())];
+                headers.insert("BCC".into(), AMQPValue::FieldArray(keys.into()));
+                BasicProperties::default().with_headers(headers)
+            }
+        };
         self.publisher
             .basic_publish(
                 self.exchange.clone().into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default(),
+                properties,
             )
             .await
             .map(|_confirm| ())
             .map_err(|e| format!("publishing failed: {e}"))
+    }
+
+    /// Declares the recovery log (a durable stream) and binds it to the exchange with `key`, on a
+    /// channel of its own (a refused declaration closes the channel). A stream that exists with
+    /// other retention arguments (servers configured differently) is used as it is: the warning
+    /// says so.
+    pub async fn declare_log(
+        &self,
+        stream: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> Result<Option<String>, String> {
+        let step = |what: String| move |e: lapin::Error| format!("{what} failed: {e}");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(step("opening a channel".into()))?;
+        let mut warning = None;
+        if let Err(error) = channel
+            .queue_declare(stream.into(), durable, arguments)
+            .await
+        {
+            // Either another retention, or a broker without streams: only a passive declaration
+            // on a fresh channel tells which.
+            let channel = self
+                .connection
+                .create_channel()
+                .await
+                .map_err(step("opening a channel".into()))?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(stream.into(), passive, FieldTable::default())
+                .await
+                .map_err(|_| format!("declaring the recovery stream '{stream}' failed: {error}"))?;
+            let _ = channel.close(200, "checked".into()).await;
+            warning = Some(format!(
+                "the recovery stream '{stream}' exists with other arguments than this server's                  ({error}); it is used with its own retention"
+            ));
+        }
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(step("opening a channel".into()))?;
+        channel
+            .queue_bind(
+                stream.into(),
+                self.exchange.clone().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(step(format!("binding the recovery stream '{stream}'")))?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(warning)
+    }
+
+    /// The connection, for work on channels of its own (the recovery log's scans).
+    pub fn connection(&self) -> Arc<Connection> {
+        self.connection.clone()
     }
 
     /// Deletes the server's queue (closing for good: nobody will come back for it).

@@ -119,6 +119,10 @@ pub enum Message {
         flags: WriteFlags,
         packet: Vec<PacketPart>,
         ack: Option<AckRequest>,
+        /// Connection state recovery: the packet's offset (also the last argument inside
+        /// `packet`). Such a broadcast is copied to the recovery log as it is published.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<String>,
     },
     SocketsJoin {
         target: Target,
@@ -158,6 +162,23 @@ pub enum Message {
         request_id: u32,
         reply: Vec<PacketPart>,
     },
+    /// A disconnected socket's session (connection state recovery). Written to the recovery log
+    /// only, never to a server's queue: see `recovery`.
+    Session {
+        pid: String,
+        sid: String,
+        rooms: Vec<String>,
+        /// `socket.data`, encoded as server-side emit arguments are.
+        data: Vec<PacketPart>,
+        /// Wall-clock time (ms since the epoch) after which the session is no longer restored.
+        expires_at_ms: u64,
+    },
+    /// The end of one restore scan of the recovery log: the scanning server reads the log up to
+    /// this record. It claims the sessions of `claims` (pids): a session is restored once.
+    Fence {
+        id: String,
+        claims: Vec<String>,
+    },
     /// Several messages of one sender and namespace, in order, in one AMQP message: under load
     /// the broker then routes and delivers batches instead of single packets.
     Batch(Vec<Message>),
@@ -172,6 +193,16 @@ impl Message {
             | Message::BroadcastClientCount { request_id, .. }
             | Message::BroadcastAck { request_id, .. } => Some(*request_id),
             _ => None,
+        }
+    }
+
+    /// Whether a copy of this message goes to the recovery log: it holds a broadcast with an
+    /// offset (a batch does when any of its messages does).
+    pub fn recoverable(&self) -> bool {
+        match self {
+            Message::Broadcast { offset, .. } => offset.is_some(),
+            Message::Batch(messages) => messages.iter().any(Message::recoverable),
+            _ => false,
         }
     }
 }
@@ -281,6 +312,7 @@ mod tests {
                     request_id: 7,
                     timeout_ms: 1000,
                 }),
+                offset: None,
             },
             seq: Some(41),
             key_seq: Some(3),

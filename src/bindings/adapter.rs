@@ -2,6 +2,8 @@
 
 use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
 use crate::cluster::{Drained, Namespace, Node, NodeConfig};
+use crate::recovery::{RecoveryConfig, SessionToPersist};
+use crate::room_index::AddOutcome;
 use crate::room_index::{RoomIndex, ROOM_CREATED, ROOM_DELETED};
 use crate::wire::{AckRequest, Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
@@ -26,6 +28,37 @@ pub struct NodeOptions {
     pub heartbeat_timeout_ms: u32,
     pub room_routing: bool,
     pub queue_expiry_ms: u32,
+    /// Connection state recovery (absent: off).
+    pub recovery: Option<RecoveryOptions>,
+}
+
+/// The recovery log's settings (lib/options.js derives them from `maxDisconnectionDuration`).
+#[napi(object)]
+pub struct RecoveryOptions {
+    pub stream: String,
+    pub session_ttl_ms: f64,
+    pub max_age_ms: f64,
+    pub max_bytes: f64,
+}
+
+/// A session found by `restoreSession`: pass `handle` to `finishRestore` in the same JS turn.
+#[napi(object)]
+pub struct FoundSession {
+    pub handle: f64,
+    pub sid: String,
+    pub rooms: Vec<String>,
+    /// `socket.data`, encoded as the host gave it.
+    pub data: Vec<JsPart>,
+    /// The missed packets found in the log, in log order: encoded parts each.
+    pub packets: Vec<Vec<JsPart>>,
+}
+
+/// `finishRestore`: as `addAll`'s result (slot, then one change per session room), and the live
+/// packets recorded for the socket since the scan.
+#[napi(object)]
+pub struct FinishedRestore {
+    pub joined: Uint32Array,
+    pub packets: Vec<Vec<JsPart>>,
 }
 
 /// One unit of work for the JS adapter; which fields are set depends on `kind`:
@@ -81,6 +114,12 @@ pub struct NodeStats {
     pub duplicates: f64,
     pub missed: f64,
     pub queues_lost: f64,
+    /// Connection state recovery: sessions written to the log, restores that found their
+    /// session, restores that did not, and scans of the log (restores arriving together share one).
+    pub sessions_persisted: f64,
+    pub sessions_restored: f64,
+    pub sessions_not_restored: f64,
+    pub recovery_scans: f64,
     /// A gauge: publishes waiting to go out (during an outage: for the broker to come back).
     pub buffered: f64,
     /// A gauge: requests still waiting for replies or their timeout.
@@ -126,6 +165,12 @@ impl NativeNode {
             heartbeat_timeout: millis(options.heartbeat_timeout_ms),
             queue_expiry: millis(options.queue_expiry_ms),
             room_routing: options.room_routing,
+            recovery: options.recovery.map(|r| RecoveryConfig {
+                stream: r.stream,
+                session_ttl: Duration::from_millis(r.session_ttl_ms.max(1.0) as u64),
+                max_age: Duration::from_millis(r.max_age_ms.max(1000.0) as u64),
+                max_bytes: r.max_bytes.max(1.0) as u64,
+            }),
         };
         let waker = Arc::new(move || {
             wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
@@ -200,6 +245,7 @@ impl NativeNode {
     pub fn stats(&self) -> NodeStats {
         let s = &self.node.stats;
         let read = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+        let recovery = self.node.recovery.as_ref().map(|r| &r.stats);
         NodeStats {
             published: read(&s.published),
             publish_dropped: self.node.outbox.dropped() as f64,
@@ -214,6 +260,10 @@ impl NativeNode {
             duplicates: read(&s.duplicates),
             missed: read(&s.missed),
             queues_lost: read(&s.queues_lost),
+            sessions_persisted: recovery.map_or(0.0, |r| read(&r.persisted)),
+            sessions_restored: recovery.map_or(0.0, |r| read(&r.restored)),
+            sessions_not_restored: recovery.map_or(0.0, |r| read(&r.not_restored)),
+            recovery_scans: recovery.map_or(0.0, |r| read(&r.scans)),
             buffered: self.node.outbox.len() as f64,
             pending_requests: self.node.pending_requests() as f64,
         }
@@ -425,6 +475,67 @@ impl NativeNamespace {
     #[napi(catch_unwind)]
     pub fn add_all(&self, id: String, rooms: Vec<String>) -> Uint32Array {
         let outcome = self.index().add_all(&id, &rooms);
+        self.joined(outcome, &rooms)
+    }
+
+    /// Connection state recovery: writes the session of a socket that disconnected (sent with the
+    /// next `sendQueued`, or by `close()`).
+    #[napi(catch_unwind)]
+    pub fn persist_session(&self, sid: String, pid: String, rooms: Vec<String>, data: Vec<JsPart>) {
+        if let Some(node) = &self.node {
+            let data = from_js_parts(data);
+            let session = SessionToPersist {
+                sid,
+                pid,
+                rooms,
+                data,
+            };
+            node.persist_session(&self.ns.name, session);
+        }
+    }
+
+    /// Connection state recovery: the session `pid` and the packets its client missed since
+    /// `offset`, or null. Call `finishRestore(handle, sid)` in the same JS turn as the result.
+    #[napi(catch_unwind)]
+    pub async fn restore_session(&self, pid: String, offset: String) -> Option<FoundSession> {
+        let node = self.node.as_ref()?;
+        let (handle, restored) = node.restore_session(&self.ns.name, &pid, &offset).await?;
+        Some(FoundSession {
+            handle: handle as f64,
+            sid: restored.sid,
+            rooms: restored.rooms,
+            data: to_js_parts(restored.data),
+            packets: restored
+                .packets
+                .into_iter()
+                .map(|p| to_js_parts(p.parts))
+                .collect(),
+        })
+    }
+
+    /// Puts the restored socket into the index (as `addAll(sid, rooms)`, `rooms` being the
+    /// session's) and returns the live packets recorded for it since the scan; null when the
+    /// restore cannot finish (it was abandoned, or recorded too much).
+    #[napi(catch_unwind)]
+    pub fn finish_restore(
+        &self,
+        handle: f64,
+        sid: String,
+        rooms: Vec<String>,
+    ) -> Option<FinishedRestore> {
+        let node = self.node.as_ref()?;
+        let (outcome, packets) = node.finish_restore(&self.ns, handle as u64, &sid)?;
+        Some(FinishedRestore {
+            joined: self.joined(outcome, &rooms),
+            packets: packets.into_iter().map(to_js_parts).collect(),
+        })
+    }
+}
+
+impl NativeNamespace {
+    /// `addAll`'s answer: `[slot, change(room0), ...]`, flagging created rooms whose binding is on
+    /// its way (room routing) and asking for those bindings.
+    fn joined(&self, outcome: AddOutcome, rooms: &[String]) -> Uint32Array {
         let mut out = Vec::with_capacity(rooms.len() + 1);
         out.push(outcome.slot);
         out.extend(outcome.changes.iter().map(|&change| u32::from(change)));
@@ -441,7 +552,10 @@ impl NativeNamespace {
         }
         Uint32Array::new(out)
     }
+}
 
+#[napi]
+impl NativeNamespace {
     /// SOCKET_LEFT=1 | ROOM_DELETED=2.
     #[napi(catch_unwind)]
     pub fn del(&self, id: String, room: String) -> u32 {
@@ -530,6 +644,8 @@ impl NativeNamespace {
 
     /// Publishes the packet to the other servers (unless `local_only`) and returns the slots of the
     /// local sockets it targets.
+    // Positional: a JS object per broadcast costs a property lookup per field on the hot path.
+    #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind)]
     pub fn broadcast(
         &self,
@@ -539,16 +655,28 @@ impl NativeNamespace {
         volatile: bool,
         compress: Option<bool>,
         local_only: bool,
+        offset: Option<String>,
     ) -> Uint32Array {
         let target = Target { rooms, except };
         let local = self.index().recipients(&target);
         if !local_only {
-            self.publish(Message::Broadcast {
+            // socket.emit() with recovery on: a packet for one local socket goes to the log only.
+            let to_own_socket_only = offset.is_some()
+                && target.except.is_empty()
+                && target.rooms.len() == 1
+                && local.len() == 1
+                && self.index().has_socket(&target.rooms[0]);
+            let message = Message::Broadcast {
                 target,
                 flags: WriteFlags { volatile, compress },
                 packet: from_js_parts(packet),
                 ack: None,
-            });
+                offset,
+            };
+            match (&self.node, to_own_socket_only) {
+                (Some(node), true) => node.publish_to_log(&self.ns.name, message),
+                _ => self.publish(message),
+            }
         }
         Uint32Array::new(local)
     }
@@ -576,6 +704,7 @@ impl NativeNamespace {
                 request_id,
                 timeout_ms,
             }),
+            offset: None,
         })
     }
 

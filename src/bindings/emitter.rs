@@ -70,6 +70,8 @@ impl NativeEmitter {
         }
     }
 
+    // Positional: a JS object per broadcast costs a property lookup per field on the hot path.
+    #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind)]
     pub fn broadcast(
         &self,
@@ -79,12 +81,14 @@ impl NativeEmitter {
         except: Vec<String>,
         volatile: bool,
         compress: Option<bool>,
+        offset: Option<String>,
     ) {
         let message = Message::Broadcast {
             target: Target { rooms, except },
             flags: WriteFlags { volatile, compress },
             packet: from_js_parts(packet),
             ack: None,
+            offset,
         };
         self.emitter.publish(&nsp, message);
     }

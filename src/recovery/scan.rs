@@ -1,0 +1,396 @@
+//! One restore scan over the recovery log, free of AMQP: the records from the scan's start to its
+//! fence go in, in log order; what each restore asked for comes out.
+//!
+//! A restore of `(nsp, pid, offset)` succeeds when, before the fence, the log holds
+//! - the packet the client last received (`offset`): everything after it is what it missed, and
+//!   retention has not cut into that span;
+//! - a session record for `pid` in `nsp` not claimed by another restore since it was written (a
+//!   fence naming the pid claims it: a session is used once), and not expired.
+//!
+//! The missed packets are the storable broadcasts of `nsp` after the offset's packet whose target
+//! matches the session's rooms, as Socket.IO's in-memory adapter would have delivered them.
+
+use crate::wire::{Envelope, Message, PacketPart, Target};
+
+/// A packet stored in the log: its offset and its encoded parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPacket {
+    pub offset: String,
+    pub parts: Vec<PacketPart>,
+}
+
+/// A session found in the log, with the packets its socket missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub sid: String,
+    pub rooms: Vec<String>,
+    pub data: Vec<PacketPart>,
+    pub packets: Vec<StoredPacket>,
+}
+
+/// Why a restore found nothing (reported in the stats; the client is simply not recovered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The client's offset is not in the scanned span (retention removed it, or it never existed).
+    UnknownOffset,
+    /// No session for the pid (never persisted, or persisted after the scan's fence).
+    NoSession,
+    /// The session was restored already (another fence claimed it).
+    AlreadyUsed,
+    Expired,
+    /// More packets to replay than a restore may hold: the client reconnects as a new one.
+    TooManyPackets,
+}
+
+struct Wanted {
+    nsp: String,
+    pid: String,
+    offset: String,
+    offset_seen: bool,
+    /// Storable broadcasts of `nsp` after the offset's packet (filtered once the rooms are known).
+    candidates: Vec<(Target, StoredPacket)>,
+    session: Option<SessionRecord>,
+    claimed: bool,
+    overflow: bool,
+}
+
+struct SessionRecord {
+    sid: String,
+    rooms: Vec<String>,
+    data: Vec<PacketPart>,
+    expires_at_ms: u64,
+}
+
+/// The state of one scan: fed records until its fence, then finished.
+pub struct Scan {
+    fence: String,
+    wanted: Vec<Wanted>,
+    max_packets: usize,
+    done: bool,
+}
+
+impl Scan {
+    /// A scan ending at the fence `fence`, for `(nsp, pid, offset)` restores, each holding at most
+    /// `max_packets` candidates.
+    pub fn new(
+        fence: String,
+        restores: impl IntoIterator<Item = (String, String, String)>,
+        max_packets: usize,
+    ) -> Scan {
+        let wanted = restores
+            .into_iter()
+            .map(|(nsp, pid, offset)| Wanted {
+                nsp,
+                pid,
+                offset,
+                offset_seen: false,
+                candidates: Vec::new(),
+                session: None,
+                claimed: false,
+                overflow: false,
+            })
+            .collect();
+        Scan {
+            fence,
+            wanted,
+            max_packets,
+            done: false,
+        }
+    }
+
+    /// Whether the fence was read: the scan has seen everything it needs.
+    pub fn done(&self) -> bool {
+        self.done
+    }
+
+    /// The next record of the log (records after the fence are ignored).
+    pub fn feed(&mut self, envelope: Envelope) {
+        if self.done {
+            return;
+        }
+        let Envelope { nsp, message, .. } = envelope;
+        match message {
+            Message::Batch(messages) => {
+                for message in messages {
+                    self.feed_message(&nsp, message);
+                }
+            }
+            message => self.feed_message(&nsp, message),
+        }
+    }
+
+    fn feed_message(&mut self, nsp: &str, message: Message) {
+        if self.done {
+            return;
+        }
+        match message {
+            Message::Broadcast {
+                target,
+                packet,
+                offset: Some(offset),
+                ack: None,
+                ..
+            } => {
+                let mut packet = Some(packet);
+                for wanted in self.wanted.iter_mut().filter(|w| w.nsp == nsp) {
+                    if !wanted.offset_seen {
+                        wanted.offset_seen = wanted.offset == offset;
+                    } else if wanted.candidates.len() >= self.max_packets {
+                        wanted.overflow = true;
+                    } else {
+                        let parts = packet.clone().unwrap_or_default();
+                        wanted.candidates.push((
+                            target.clone(),
+                            StoredPacket {
+                                offset: offset.clone(),
+                                parts,
+                            },
+                        ));
+                    }
+                }
+                packet.take();
+            }
+            Message::Session {
+                pid,
+                sid,
+                rooms,
+                data,
+                expires_at_ms,
+            } => {
+                for wanted in self
+                    .wanted
+                    .iter_mut()
+                    .filter(|w| w.nsp == nsp && w.pid == pid)
+                {
+                    // A later session of the same pid (a recovered socket disconnected again)
+                    // replaces the earlier one and is unclaimed.
+                    wanted.session = Some(SessionRecord {
+                        sid: sid.clone(),
+                        rooms: rooms.clone(),
+                        data: data.clone(),
+                        expires_at_ms,
+                    });
+                    wanted.claimed = false;
+                }
+            }
+            Message::Fence { id, claims } => {
+                if id == self.fence {
+                    self.done = true;
+                    return;
+                }
+                for wanted in self.wanted.iter_mut() {
+                    if wanted.session.is_some() && claims.contains(&wanted.pid) {
+                        wanted.claimed = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The outcome of each restore, in the order they were given, judged at `now_ms`.
+    pub fn finish(self, now_ms: u64) -> Vec<Result<Restored, Miss>> {
+        self.wanted
+            .into_iter()
+            .map(|wanted| {
+                let session = wanted.session.ok_or(Miss::NoSession)?;
+                if !wanted.offset_seen {
+                    return Err(Miss::UnknownOffset);
+                }
+                if wanted.claimed {
+                    return Err(Miss::AlreadyUsed);
+                }
+                if now_ms > session.expires_at_ms {
+                    return Err(Miss::Expired);
+                }
+                if wanted.overflow {
+                    return Err(Miss::TooManyPackets);
+                }
+                let packets = wanted
+                    .candidates
+                    .into_iter()
+                    .filter(|(target, _)| reaches(target, &session.rooms))
+                    .map(|(_, packet)| packet)
+                    .collect();
+                Ok(Restored {
+                    sid: session.sid,
+                    rooms: session.rooms,
+                    data: session.data,
+                    packets,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Whether a broadcast to `target` reaches a socket in `rooms` (its own id among them): Socket.IO's
+/// rule — in any of the target's rooms (any socket when there are none), in none of its excepts.
+pub fn reaches(target: &Target, rooms: &[String]) -> bool {
+    let included = target.rooms.is_empty() || target.rooms.iter().any(|r| rooms.contains(r));
+    included && !target.except.iter().any(|r| rooms.contains(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::WriteFlags;
+
+    fn broadcast(rooms: &[&str], except: &[&str], offset: Option<&str>) -> Message {
+        Message::Broadcast {
+            target: Target {
+                rooms: rooms.iter().map(|r| r.to_string()).collect(),
+                except: except.iter().map(|r| r.to_string()).collect(),
+            },
+            flags: WriteFlags::default(),
+            packet: vec![PacketPart::Text(format!(
+                "2[\"ev\",\"{}\"]",
+                offset.unwrap_or("-")
+            ))],
+            ack: None,
+            offset: offset.map(str::to_string),
+        }
+    }
+
+    fn session(pid: &str, rooms: &[&str], expires_at_ms: u64) -> Message {
+        Message::Session {
+            pid: pid.into(),
+            sid: format!("sid-of-{pid}"),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            data: vec![PacketPart::Text("{}".into())],
+            expires_at_ms,
+        }
+    }
+
+    fn fence(id: &str, claims: &[&str]) -> Message {
+        Message::Fence {
+            id: id.into(),
+            claims: claims.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn env(nsp: &str, message: Message) -> Envelope {
+        Envelope::new("sender", nsp, message)
+    }
+
+    fn scan_of(
+        records: Vec<Envelope>,
+        restores: &[(&str, &str, &str)],
+    ) -> Vec<Result<Restored, Miss>> {
+        let restores = restores
+            .iter()
+            .map(|(n, p, o)| (n.to_string(), p.to_string(), o.to_string()));
+        let mut scan = Scan::new("F".into(), restores, 100);
+        for record in records {
+            scan.feed(record);
+        }
+        assert!(scan.done(), "the scan read its fence");
+        scan.finish(1_000)
+    }
+
+    fn offsets(restored: &Restored) -> Vec<&str> {
+        restored.packets.iter().map(|p| p.offset.as_str()).collect()
+    }
+
+    #[test]
+    fn replays_what_matched_the_sessions_rooms_after_the_offset_in_log_order() {
+        let records = vec![
+            env("/", broadcast(&[], &[], Some("o1"))),
+            env("/", broadcast(&["a"], &[], Some("o2"))),
+            env("/", session("p", &["sid-of-p", "a"], 2_000)),
+            env("/", broadcast(&["b"], &[], Some("o3"))), // another room
+            env("/", broadcast(&[], &["a"], Some("o4"))), // excepted
+            env("/chat", broadcast(&[], &[], Some("o5"))), // another namespace
+            env("/", broadcast(&["a"], &[], None)),       // volatile / not storable: no offset
+            env(
+                "/",
+                Message::Batch(vec![
+                    broadcast(&["sid-of-p"], &[], Some("o6")),
+                    broadcast(&["a", "b"], &[], Some("o7")),
+                ]),
+            ),
+            env("/", fence("F", &["p"])),
+            env("/", broadcast(&[], &[], Some("o8"))), // after the fence
+        ];
+        let out = scan_of(records, &[("/", "p", "o1")]);
+        let restored = out[0].as_ref().expect("restored");
+        assert_eq!(restored.sid, "sid-of-p");
+        assert_eq!(offsets(restored), ["o2", "o6", "o7"]);
+    }
+
+    #[test]
+    fn a_session_is_used_once_and_a_later_session_of_the_pid_is_fresh() {
+        let claimed = vec![
+            env("/", broadcast(&[], &[], Some("o1"))),
+            env("/", session("p", &[], 2_000)),
+            env("/", fence("other", &["p"])),
+            env("/", fence("F", &["p"])),
+        ];
+        assert_eq!(
+            scan_of(claimed, &[("/", "p", "o1")])[0],
+            Err(Miss::AlreadyUsed)
+        );
+        let persisted_again = vec![
+            env("/", broadcast(&[], &[], Some("o1"))),
+            env("/", session("p", &[], 2_000)),
+            env("/", fence("other", &["p"])),
+            env("/", session("p", &[], 2_000)),
+            env("/", fence("F", &["p"])),
+        ];
+        assert!(scan_of(persisted_again, &[("/", "p", "o1")])[0].is_ok());
+    }
+
+    #[test]
+    fn unknown_offsets_missing_or_expired_sessions_and_floods_are_not_restored() {
+        let records = || {
+            vec![
+                env("/", broadcast(&[], &[], Some("o1"))),
+                env("/", session("p", &[], 2_000)),
+                env("/", session("old", &[], 999)),
+                env("/chat", session("q", &[], 2_000)),
+                env("/", fence("F", &[])),
+            ]
+        };
+        let out = scan_of(
+            records(),
+            &[
+                ("/", "p", "nope"),
+                ("/", "nobody", "o1"),
+                ("/", "old", "o1"),
+                ("/", "q", "o1"), // its session is in another namespace
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                Err(Miss::UnknownOffset),
+                Err(Miss::NoSession),
+                Err(Miss::Expired),
+                Err(Miss::NoSession)
+            ]
+        );
+        let mut flood = vec![env("/", broadcast(&[], &[], Some("o0")))];
+        for n in 0..101 {
+            flood.push(env("/", broadcast(&[], &[], Some(&format!("x{n}")))));
+        }
+        flood.push(env("/", session("p", &[], 2_000)));
+        flood.push(env("/", fence("F", &[])));
+        assert_eq!(
+            scan_of(flood, &[("/", "p", "o0")])[0],
+            Err(Miss::TooManyPackets)
+        );
+    }
+
+    #[test]
+    fn target_rules_are_socket_ios() {
+        let rooms = vec!["sid".to_string(), "a".to_string()];
+        let t = |r: &[&str], e: &[&str]| Target {
+            rooms: r.iter().map(|s| s.to_string()).collect(),
+            except: e.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(reaches(&t(&[], &[]), &rooms));
+        assert!(reaches(&t(&["b", "a"], &[]), &rooms));
+        assert!(!reaches(&t(&["b"], &[]), &rooms));
+        assert!(!reaches(&t(&[], &["sid"]), &rooms));
+        assert!(!reaches(&t(&["a"], &["a"]), &rooms));
+    }
+}
