@@ -148,12 +148,7 @@ describe('connection state recovery', { timeout: 120000 }, () => {
     }
   });
 
-  // Known race, under investigation (issue "Connection state recovery…"): in about 1 run in 40 a
-  // burst sent right after the restore's hand-off does not reach the recovered client (seen:
-  // replayed 220..1221, live from 1240). Reported as todo so it runs and shows, without failing CI.
-  it('hands over to live traffic without a gap or a duplicate while the room keeps receiving', {
-    todo: 'a rare gap right after the hand-off (about 1 run in 40)',
-  }, async () => {
+  it('hands over to live traffic without a gap or a duplicate while the room keeps receiving', async () => {
     const cluster = await recoveringCluster(3);
     try {
       const [, b] = cluster.ios;

@@ -243,8 +243,11 @@ impl Recovery {
         index: &Mutex<RoomIndex>,
     ) -> Option<(AddOutcome, Vec<Vec<PacketPart>>)> {
         let mut recorders = self.recorders.lock();
-        let (rooms, packets) = recorders.take(recording)?;
+        let rooms = recorders.rooms_of(recording)?;
+        // Join first, then end the recording: the consumer does not lock the recorders once none
+        // is active, so the socket must be in the index by then.
         let joined = index.lock().add_all(sid, &rooms);
+        let (_, packets) = recorders.take(recording)?;
         Some((joined, packets))
     }
 

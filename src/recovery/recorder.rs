@@ -109,8 +109,26 @@ impl RecordersGuard<'_> {
         }
     }
 
+    /// The session's rooms of recording `id`, if it can be finished: known, found by its scan, not
+    /// overflowing. (An overflowing one is dropped.)
+    pub(crate) fn rooms_of(&mut self, id: u64) -> Option<Vec<String>> {
+        let position = self.inner.list.iter().position(|r| r.id == id)?;
+        let recording = &self.inner.list[position];
+        match (&recording.session, recording.overflow) {
+            (Some((rooms, _)), false) => Some(rooms.clone()),
+            _ => {
+                self.inner.list.swap_remove(position);
+                self.active.store(self.inner.list.len(), Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
     /// Ends recording `id`: the session's rooms and the packets recorded for it that the scan did
     /// not replay, in arrival order. `None` when unknown, not found by its scan, or overflowing.
+    ///
+    /// The consumer skips the lock while no recording is active: end a recording only once the
+    /// socket is in the room index (`Recovery::finish_restore`), or a packet could find neither.
     pub(crate) fn take(&mut self, id: u64) -> Option<(Vec<String>, Vec<Vec<PacketPart>>)> {
         let position = self.inner.list.iter().position(|r| r.id == id)?;
         let recording = self.inner.list.swap_remove(position);
@@ -164,6 +182,18 @@ mod tests {
             id,
             vec!["sid".into(), "a".into()],
             HashSet::from(["o1".to_string()]),
+        );
+        assert!(
+            recorders.lock().rooms_of(other).is_none(),
+            "its scan found no session"
+        );
+        assert_eq!(
+            recorders.lock().rooms_of(id),
+            Some(vec!["sid".to_string(), "a".to_string()])
+        );
+        assert!(
+            recorders.active(),
+            "recording until taken: the socket joins the index in between"
         );
         let (rooms, packets) = recorders.lock().take(id).expect("found");
         assert_eq!(rooms, ["sid", "a"]);
