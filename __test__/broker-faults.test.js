@@ -298,3 +298,69 @@ describe('amqps:// with a self-signed certificate', { timeout: 120000 }, () => {
     await io.close();
   });
 });
+
+describe('connection state recovery on a broker without streams', { timeout: 120000 }, () => {
+  let node;
+  after(async () => {
+    await node?.destroy();
+  });
+
+  it('reports one clear error, recovers nobody, and everything else works', async () => {
+    // A fresh node with every feature flag of RabbitMQ 3.10 but stream_queue: no streams.
+    const flags = [
+      'classic_mirrored_queue_version',
+      'implicit_default_bindings',
+      'maintenance_mode_status',
+      'quorum_queue',
+      'user_limits',
+      'virtual_host_metadata',
+    ];
+    node = await PrivateNode.create('nostream', { featureFlags: flags });
+    await node.start();
+    const flagStates = await node.ctl('list_feature_flags', 'name', 'state', '-q');
+    assert.match(flagStates, /stream_queue\s+disabled/, 'the node really has no streams');
+    const exchangeName = uniqueName('nostream');
+    const servers = [];
+    const errors = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const httpServer = http.createServer();
+        const io = new Server(httpServer, { connectionStateRecovery: { maxDisconnectionDuration: 30000 } });
+        io.adapter(createAdapter(node.url, { exchangeName, ...FAST }));
+        io.of('/').adapter.on('error', (err) => errors.push([i, err.message]));
+        await within(io.of('/').adapter.init(), `server ${i} to bind`, 15000);
+        await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+        servers.push({ io, httpServer });
+      }
+      await eventually(() => errors.length === 2, 'one error per server');
+      for (const [, message] of errors) {
+        assert.match(message, /connection state recovery is off: .*stream/, message);
+      }
+      const port = (i) => servers[i].httpServer.address().port;
+      const client = connectClient(`http://127.0.0.1:${port(0)}`, { transports: ['websocket'], forceNew: true, reconnection: false });
+      await waitFor(client, 'connect', 'a client');
+      const got = waitFor(client, 'still', 'a broadcast from the other server');
+      servers[1].io.emit('still', 'works');
+      const [value, offset] = await got;
+      assert.equal(value, 'works');
+      // Offsets still go out (Socket.IO's clients keep the last one), but nothing is logged: a
+      // client asking to be recovered connects as a new one, at once.
+      const started = Date.now();
+      const again = connectClient(`http://127.0.0.1:${port(1)}`, {
+        transports: ['websocket'],
+        forceNew: true,
+        reconnection: false,
+        auth: { pid: client._pid ?? 'pid', offset },
+      });
+      await waitFor(again, 'connect', 'a client asking to be recovered');
+      assert.equal(servers[1].io.of('/').sockets.get(again.id).recovered, false);
+      assert.ok(Date.now() - started < 2000);
+      assert.equal(servers[0].io.of('/').adapter.stats().sessionsPersisted, 0, 'no sessions written');
+      assert.equal(errors.length, 2, 'reported once per server, not per publish');
+      client.disconnect();
+      again.disconnect();
+    } finally {
+      await Promise.all(servers.map(({ io }) => io.close()));
+    }
+  });
+});

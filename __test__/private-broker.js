@@ -27,9 +27,14 @@ async function freePort() {
 }
 
 class PrivateNode {
-  /** `tls`: { certfile, keyfile, cacertfile } to listen for amqps instead of amqp. */
-  static async create(label, { tls } = {}) {
+  /**
+   * `tls`: { certfile, keyfile, cacertfile } to listen for amqps instead of amqp. `featureFlags`:
+   * the only feature flags the new node enables (e.g. without `stream_queue`, a broker with no
+   * streams), instead of all of them.
+   */
+  static async create(label, { tls, featureFlags } = {}) {
     const node = new PrivateNode();
+    node.featureFlags = featureFlags;
     node.name = `sio${label}${process.pid}${crypto.randomBytes(2).toString('hex')}@localhost`;
     node.dir = fs.mkdtempSync(path.join(os.tmpdir(), `sio-native-${label}-`));
     node.port = await freePort();
@@ -61,6 +66,7 @@ class PrivateNode {
       RABBITMQ_LOG_BASE: path.join(this.dir, 'log'),
       RABBITMQ_ENABLED_PLUGINS_FILE: path.join(this.dir, 'enabled_plugins'),
       RABBITMQ_PID_FILE: path.join(this.dir, 'pid'),
+      ...(this.featureFlags ? { RABBITMQ_FEATURE_FLAGS: this.featureFlags.join(',') } : {}),
     };
   }
 

@@ -234,12 +234,7 @@ impl Node {
             .declare_log(&config.stream, LOG_KEY, recovery.stream_arguments())
             .await;
         match declared {
-            Ok(warning) => {
-                recovery.connected(transport.connection());
-                if let Some(warning) = warning {
-                    self.report(warning);
-                }
-            }
+            Ok(()) => recovery.connected(transport.connection()),
             Err(error) => {
                 if recovery.unavailable() {
                     self.report(format!(

@@ -103,6 +103,8 @@ pub struct Transport {
     queue_existed: bool,
     /// An earlier session's queue was still there (its messages waited for this session).
     queue_kept: bool,
+    /// How this connection was made (for a set-up connection beside it: see `declare_log`).
+    config: TransportConfig,
 }
 
 const NAMESPACE_KEY_PREFIX: &str = "nsp:";
@@ -179,19 +181,7 @@ impl Transport {
     ) -> Result<(Transport, Option<Consumer>), String> {
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into());
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: config.tls_ca.clone(),
-        };
-        let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let connection = Connection::connect_with_config(&config.url, properties, tls, runtime)
-            .await
-            .map_err(|e| {
-                format!(
-                    "could not connect to the AMQP broker at {}: {e}",
-                    redact(&config.url)
-                )
-            })?;
+        let connection = open_connection(config, properties).await?;
         let step = |what: &'static str| move |e: lapin::Error| format!("{what} failed: {e}");
 
         let publisher = connection
@@ -229,6 +219,7 @@ impl Transport {
             queue: config.queue.clone().unwrap_or_default(),
             queue_existed: config.queue_existed,
             queue_kept,
+            config: config.clone(),
         };
         Ok((transport, consumer))
     }
@@ -408,51 +399,48 @@ impl Transport {
             .map_err(|e| format!("publishing failed: {e}"))
     }
 
-    /// Declares the recovery log (a durable stream) and binds it to the exchange with `key`, on a
-    /// channel of its own (a refused declaration closes the channel). A stream that exists with
-    /// other retention arguments (servers configured differently) is used as it is: the warning
-    /// says so.
+    /// Makes sure the recovery log (a durable stream) exists and binds it to the exchange with
+    /// `key`. Declaring a stream on a broker without streams is a *connection* error (541), so a
+    /// missing stream is declared on a short-lived connection of its own: the session's connection
+    /// never risks it. A stream that exists is used as it is (its retention is whoever declared it
+    /// first's; a declaration with other arguments would fail).
     pub async fn declare_log(
         &self,
         stream: &str,
         key: &str,
         arguments: FieldTable,
-    ) -> Result<Option<String>, String> {
-        let step = |what: String| move |e: lapin::Error| format!("{what} failed: {e}");
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(step("opening a channel".into()))?;
-        let mut warning = None;
-        if let Err(error) = channel
-            .queue_declare(stream.into(), durable, arguments)
-            .await
-        {
-            // Either another retention, or a broker without streams: only a passive declaration
-            // on a fresh channel tells which.
-            let channel = self
-                .connection
-                .create_channel()
+    ) -> Result<(), String> {
+        if !Self::queue_exists(&self.connection, stream).await? {
+            let name = format!("{} (recovery log set-up)", self.config.connection_name);
+            let properties = ConnectionProperties::default().with_connection_name(name.into());
+            let timeout = self.config.connect_timeout;
+            let setup = tokio::time::timeout(timeout, open_connection(&self.config, properties))
                 .await
-                .map_err(step("opening a channel".into()))?;
-            let passive = QueueDeclareOptions {
-                passive: true,
+                .map_err(|_| "the recovery log's set-up connection timed out".to_string())??;
+            let durable = QueueDeclareOptions {
+                durable: true,
                 ..QueueDeclareOptions::default()
             };
-            channel
-                .queue_declare(stream.into(), passive, FieldTable::default())
-                .await
-                .map_err(|_| format!("declaring the recovery stream '{stream}' failed: {error}"))?;
-            let _ = channel.close(200, "checked".into()).await;
-            warning = Some(format!(
-                "the recovery stream '{stream}' exists with other arguments than this server's                  ({error}); it is used with its own retention"
-            ));
+            let declared = match setup.create_channel().await {
+                Ok(channel) => channel
+                    .queue_declare(stream.into(), durable, arguments)
+                    .await
+                    .map(|_| ()),
+                Err(error) => Err(error),
+            };
+            let _ = setup.close(200, "recovery log declared".into()).await;
+            match declared {
+                Ok(()) => {}
+                // Declared meanwhile by another server with other arguments: it exists.
+                Err(error) if is_precondition_failed(&error) => {}
+                Err(error) => {
+                    return Err(format!(
+                        "declaring the recovery stream '{stream}' failed: {error}"
+                    ))
+                }
+            }
         }
+        let step = |what: String| move |e: lapin::Error| format!("{what} failed: {e}");
         let channel = self
             .connection
             .create_channel()
@@ -468,8 +456,8 @@ impl Transport {
             )
             .await
             .map_err(step(format!("binding the recovery stream '{stream}'")))?;
-        let _ = channel.close(200, "declared".into()).await;
-        Ok(warning)
+        let _ = channel.close(200, "bound".into()).await;
+        Ok(())
     }
 
     /// The connection, for work on channels of its own (the recovery log's scans).
@@ -492,6 +480,30 @@ impl Transport {
             .close(200, "socket.io adapter closed".into())
             .await;
     }
+}
+
+/// Opens a connection as `config` says (URL, TLS, timeout is the caller's).
+async fn open_connection(
+    config: &TransportConfig,
+    properties: ConnectionProperties,
+) -> Result<Connection, String> {
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: config.tls_ca.clone(),
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    Connection::connect_with_config(&config.url, properties, tls, runtime)
+        .await
+        .map_err(|e| {
+            format!(
+                "could not connect to the AMQP broker at {}: {e}",
+                redact(&config.url)
+            )
+        })
+}
+
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 /// The server queue's arguments: `x-expires`, in milliseconds.
