@@ -117,4 +117,35 @@ describe('the chat demo in a browser', { timeout: 120000, skip: MISSING_BROWSER 
     assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'a PNG');
     assert.deepEqual([png.readUInt32BE(16), png.readUInt32BE(20)], [1000, 640], 'of the 1000x640 viewport');
   });
+
+  it('a page whose server is stopped moves to another server, recovered, and shows what it missed', async () => {
+    const alice = await openChat(urls[0], 'alice2', 'porch');
+    const bob = await openChat(urls[1], 'bob2', 'porch');
+    await alice.getByTestId('text').fill('before the stop');
+    await alice.getByTestId('send').click();
+    await bob.getByTestId('messages').getByText('before the stop').waitFor({ timeout: 10000 });
+
+    // The button closes server-a gracefully; the page reconnects (after 2 s) to server-b.
+    await alice.getByTestId('stop').click();
+    await alice.getByTestId('status').filter({ hasText: 'Disconnected' }).waitFor({ timeout: 10000 });
+    await bob.getByTestId('text').fill('said while alice moved');
+    await bob.getByTestId('send').click();
+    await bob.getByTestId('messages').getByText('said while alice moved').waitFor({ timeout: 10000 });
+
+    await alice.getByTestId('status').filter({ hasText: 'Recovered on server-b' }).waitFor({ timeout: 15000 });
+    assert.equal(await alice.getByTestId('server').textContent(), 'server-b');
+    const status = await alice.getByTestId('status').textContent();
+    assert.match(status, /still in #porch, 1 missed message/);
+    const missed = alice.getByTestId('messages').locator('li.recovered');
+    assert.equal(await missed.count(), 1);
+    assert.match(await missed.first().textContent(), /bob2 @server-b #porch: said while alice moved\s*recovered/);
+
+    // Still in the room on the new server: live messages arrive, unmarked.
+    await bob.getByTestId('text').fill('welcome back');
+    await bob.getByTestId('send').click();
+    await alice.getByTestId('messages').getByText('welcome back').waitFor({ timeout: 10000 });
+    assert.equal(await missed.count(), 1, 'a live message is not marked recovered');
+    fs.mkdirSync(OUTPUT, { recursive: true });
+    await alice.screenshot({ path: path.join(OUTPUT, 'recovered.png') });
+  });
 });

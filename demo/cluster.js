@@ -32,17 +32,26 @@ async function start() {
       const env = { ...process.env, DEMO_SERVER_NAME: name, DEMO_EXCHANGE: exchange, DEMO_PORT: String(ports[i] ?? 0) };
       const child = fork(path.join(__dirname, 'server.js'), [], { env });
       servers.push(child);
-      child.on('exit', () => !stopping && fail(`${name} stopped`));
+      child.on('message', (msg) => {
+        if (msg.stopping) child.stoppedOnPurpose = true;
+      });
+      child.on('exit', () => {
+        if (stopping) return;
+        if (child.stoppedOnPurpose) console.log(`${name} stopped from a page: its pages reconnect to another server`);
+        else fail(`${name} stopped`);
+      });
       const msg = await once(child, 'message');
       if (!msg.ready) fail(`${name} could not start`);
       return `http://127.0.0.1:${msg.port}`;
     }),
   );
   clearTimeout(startup);
+  for (const child of servers) child.send({ peers: urls });
   urls.forEach((url, i) => {
     console.log(`${NAMES[i]}  ${url}`);
   });
   console.log('Open the URLs in a browser (one tab per server), pick a name and a room, and chat. Ctrl-C stops.');
+  console.log('"Stop this server" on a page closes its server: its pages move to another one and show what they missed.');
   await greet(urls);
 }
 

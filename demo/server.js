@@ -2,7 +2,9 @@
 // One server of the demo cluster, in its own process (started by demo/cluster.js): a Socket.IO
 // server with the adapter that serves the chat page. Chat messages go to the sender's room on every
 // server; each one is also announced to the other servers (serverSideEmit) so their logs show it
-// crossing. The page lists the users of every server with fetchSockets().
+// crossing. The page lists the users of every server with fetchSockets(). Connection state
+// recovery is on: the page's "Stop this server" button closes this server gracefully, and its
+// pages reconnect to another server, which recovers them with the messages they missed.
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
@@ -21,7 +23,10 @@ const httpServer = http.createServer((req, res) => {
     res.writeHead(404).end();
   }
 });
-const io = new Server(httpServer);
+// Recovery across servers: a page keeps its id, room and name on the server it moves to, and gets
+// what was said while it moved.
+const io = new Server(httpServer, { connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000 } });
+let peers = []; // every server's URL (from demo/cluster.js), for pages to move to
 io.adapter(createAdapter(url, { exchangeName: process.env.DEMO_EXCHANGE, instanceName: name }));
 const adapter = io.of('/').adapter;
 adapter.on('error', (err) => {
@@ -36,8 +41,14 @@ const log = (line) => console.log(`[${name}] ${line}`);
 const presenceChanged = () => io.emit('presence');
 
 io.on('connection', (socket) => {
-  socket.data = { name: String(socket.handshake.auth?.name || `guest-${socket.id.slice(0, 4)}`).slice(0, 24), server: name, room: null };
-  socket.emit('welcome', { server: name });
+  if (socket.recovered) {
+    // Id, room and data came back from the server the page was on; it lives here now.
+    log(`${socket.data.name} recovered here from ${socket.data.server}, still in #${socket.data.room}`);
+    socket.data.server = name;
+  } else {
+    socket.data = { name: String(socket.handshake.auth?.name || `guest-${socket.id.slice(0, 4)}`).slice(0, 24), server: name, room: null };
+  }
+  socket.emit('welcome', { server: name, peers, recovered: socket.recovered, room: socket.data.room });
   presenceChanged();
 
   socket.on('join', (room, ack) => {
@@ -71,6 +82,13 @@ io.on('connection', (socket) => {
     }
   });
 
+  // The demo's way to show recovery: close this server gracefully (sessions are saved first).
+  socket.on('stop-server', () => {
+    log(`stopped from the page by ${socket.data.name}: its pages move to another server`);
+    process.send?.({ stopping: true });
+    shutdown().then(() => process.exit(0));
+  });
+
   socket.on('disconnect', presenceChanged);
 });
 
@@ -101,5 +119,8 @@ function exitWith(code) {
   process.exit(code);
 }
 
-process.on('message', (msg) => msg.close && shutdown());
+process.on('message', (msg) => {
+  if (msg.peers) peers = msg.peers;
+  if (msg.close) shutdown();
+});
 process.on('SIGINT', () => {}); // the launcher decides when to stop (see demo/cluster.js)
