@@ -7,8 +7,10 @@
 // BENCH_SERVERS (3), BENCH_CLIENTS per server (30), BENCH_REPS (3), BENCH_SECONDS per timed
 // fan-out (4), BENCH_ROOMS_SECONDS for the many-rooms CPU measurement (10: at 500 emits/s a
 // shorter window is dominated by noise — GC cycles, the machine's other tenants), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
-// (fanout,rooms,maxRate,roundTrips,memory,raw), BENCH_PROFILE=<dir> (V8 CPU profiles of the
-// servers); AMQP_URL, REDIS_URL.
+// (fanout,rooms,maxRate,roundTrips,memory,raw,restore), BENCH_RESTORE_SECONDS (10,60: seconds of
+// traffic in the recovery log before timing restores), BENCH_PROFILE=<dir> (V8 CPU profiles of the
+// servers); AMQP_URL, REDIS_URL. native-recovery is this adapter with the Server's
+// connectionStateRecovery on: what storing packets in the recovery log costs, and restores.
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -23,9 +25,12 @@ const ROOMS_SECONDS = Number(process.env.BENCH_ROOMS_SECONDS || 10);
 const ROOMS = 1000;
 const BLAST = Number(process.env.BENCH_BLAST || 5000);
 const ROOMS_RATE = Number(process.env.BENCH_ROOMS_RATE || 500); // emits/s per server, to random rooms
-// native: this adapter with its defaults; native-rooms: with roomRouting (per-room bindings).
-const KINDS = (process.env.BENCH_KINDS || 'native,native-rooms,redis,memory').split(',');
-const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,roundTrips,memory,raw').split(','));
+// native: this adapter with its defaults; native-rooms: with roomRouting (per-room bindings);
+// native-recovery: with connection state recovery on.
+const KINDS = (process.env.BENCH_KINDS || 'native,native-rooms,redis,memory,native-recovery').split(',');
+const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,roundTrips,memory,raw,restore').split(','));
+const RESTORE_SECONDS = (process.env.BENCH_RESTORE_SECONDS || '10,60').split(',').map(Number);
+const RESTORES = 30;
 const ROOT = path.join(__dirname, '..');
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_MS || 20 * 60 * 1000);
 
@@ -114,7 +119,7 @@ async function startCluster(kind) {
   if (kind !== 'memory') {
     await until(async () => (await servers[0].call('serverCount')).count === serverCount, `${kind}: every server counted`);
   }
-  return { kind, servers, clientGroups };
+  return { kind, name, servers, clientGroups };
 }
 
 async function until(condition, what, ms = 30000) {
@@ -252,6 +257,36 @@ async function maxRate(cluster) {
   };
 }
 
+// Connection state recovery: `seconds` of the many-rooms traffic (every server at ROOMS_RATE) go
+// into the log after a client's offset, then RESTORES sessions are restored on another server one
+// after another; each restore reads the log from that offset (the worst case: the client's last
+// packet is as old as the traffic). Their times, p50 and p99 (of 30: the second highest).
+async function restoreTimes(cluster, seconds) {
+  const [, holder, restorer] = cluster.servers;
+  const { offset } = await holder.call('markOffset');
+  await Promise.all(cluster.servers.map((s) => s.call('emitAtRate', { rate: ROOMS_RATE, seconds, rooms: ROOMS, event: 'room' })));
+  const { pids } = await holder.call('persistSessions', { count: RESTORES });
+  await new Promise((resolve) => setTimeout(resolve, 500)); // the sessions reach the log
+  const { times, missed } = await restorer.call('restoreTimes', { pids, offset }, 600000);
+  const sorted = [...times].sort((a, b) => a - b);
+  return {
+    seconds,
+    recordsInLog: ROOMS_RATE * cluster.servers.length * seconds,
+    recovered: missed.filter((n) => n >= 0).length,
+    missedMedian: medianOf(missed),
+    p50: medianOf(times),
+    p99: sorted[Math.ceil(sorted.length * 0.99) - 1],
+  };
+}
+
+async function deleteRecoveryStream(cluster) {
+  const amqplib = require('amqplib');
+  const connection = await amqplib.connect(process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672');
+  const channel = await connection.createChannel();
+  await channel.deleteQueue(`${cluster.name}.recovery`);
+  await connection.close();
+}
+
 async function roundTrips(cluster) {
   if (cluster.kind === 'memory') return null;
   const sse = await cluster.servers[0].call('serverSideEmitRoundTrips', { count: 200 });
@@ -385,6 +420,30 @@ function table(results) {
       '',
     ]);
   }
+  // Connection state recovery (native-recovery: the same adapter with it on), against native.
+  if (KINDS.includes('native-recovery')) {
+    const pair = (label, pick, digits) => {
+      const [on, off] = ['native-recovery', 'native'].map((k) => m(k, pick));
+      lines.push([label, fmt(on, digits), '', '', '', `${fmt(on / off, 2)} x native`, '', '', '']);
+    };
+    pair('recovery on: 1000 rooms, CPU ms / 1000 deliveries', (r) => r.rooms.cpuMsPer1000, 2);
+    pair('recovery on: 1000 rooms, event-loop ms / 1000', (r) => r.rooms.loopMsPer1000, 2);
+    pair('recovery on: fan-out 500/s p99 ms', (r) => r.fanout500.p99, 0);
+    pair('recovery on: max rate deliveries/s', (r) => r.maxRate.perSecond, 0);
+    for (const restore of results.restores ?? []) {
+      lines.push([
+        `restore with ${restore.seconds} s in the log (${restore.recordsInLog} packets): p50 / p99 ms`,
+        `${fmt(restore.p50, 0)} / ${fmt(restore.p99, 0)}`,
+        `${restore.recovered}/${RESTORES} ok`,
+        '',
+        '',
+        `${fmt(restore.missedMedian, 0)} replayed`,
+        '',
+        '',
+        '',
+      ]);
+    }
+  }
   const widths = header.map((_, c) => Math.max(...lines.map((l) => String(l[c]).length)));
   return lines
     .map((l) => l.map((cell, c) => (c === 0 ? String(cell).padEnd(widths[c]) : String(cell).padStart(widths[c]))).join('  '))
@@ -431,10 +490,19 @@ async function main() {
       results.runs.push(run);
     }
   }
-  if (SCENARIOS.has('memory')) for (const kind of KINDS) results.memory[kind] = await memory(kind);
+  if (SCENARIOS.has('restore') && clusters['native-recovery']) {
+    results.restores = [];
+    for (const seconds of RESTORE_SECONDS) {
+      console.log(`bench: restores with ${seconds} s of traffic in the recovery log`);
+      results.restores.push(await restoreTimes(clusters['native-recovery'], seconds));
+    }
+  }
+  if (SCENARIOS.has('memory')) for (const kind of KINDS.filter((k) => k !== 'native-recovery')) results.memory[kind] = await memory(kind);
   for (const cluster of Object.values(clusters)) {
     await Promise.all([...cluster.servers, ...cluster.clientGroups].map((w) => w.call('close').catch(() => {})));
   }
+  // The recovery log is a durable stream: the benchmark removes its own.
+  if (clusters['native-recovery']) await deleteRecoveryStream(clusters['native-recovery']);
   if (process.env.BENCH_PROFILE) await new Promise((resolve) => setTimeout(resolve, 3000)); // profiles written at exit
   results.seconds = (Date.now() - started) / 1000;
   const report = table(results);

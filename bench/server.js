@@ -1,6 +1,8 @@
 'use strict';
 // One benchmark server (child process): Socket.IO with the adapter under test, driven over IPC.
-// argv: kind ("native" | "native-rooms" (roomRouting on) | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
+// argv: kind ("native" | "native-rooms" (roomRouting on) | "native-recovery" (the Server's
+// connectionStateRecovery on) | "redis" | "memory"), cluster name (exchange or Redis channel prefix).
+const crypto = require('node:crypto');
 const http = require('node:http');
 const { performance } = require('node:perf_hooks');
 const { Server } = require('socket.io');
@@ -12,7 +14,7 @@ const AMQP_URL = process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672';
 const REDIS_URL = process.env.REDIS_URL || 'redis://127.0.0.1:6379';
 
 async function adapterFor() {
-  if (kind === 'native' || kind === 'native-rooms') {
+  if (kind.startsWith('native')) {
     const { createAdapter } = require('..');
     return createAdapter(AMQP_URL, { exchangeName: clusterName, roomRouting: kind === 'native-rooms' });
   }
@@ -29,7 +31,8 @@ async function adapterFor() {
 
 async function main() {
   const httpServer = http.createServer();
-  const io = new Server(httpServer, { pingTimeout: 60000 });
+  const recovery = kind === 'native-recovery' ? { connectionStateRecovery: { maxDisconnectionDuration: 120000 } } : {};
+  const io = new Server(httpServer, { pingTimeout: 60000, ...recovery });
   const adapter = await adapterFor();
   if (adapter) io.adapter(adapter);
   await io.of('/').adapter.init?.();
@@ -118,6 +121,42 @@ async function main() {
         times.push(performance.now() - start);
       }
       return { times, sockets };
+    },
+    // Connection state recovery: a stored packet's offset (the emit of a packet no client gets).
+    async markOffset() {
+      const adapter = io.of('/').adapter;
+      const broadcast = adapter.broadcast;
+      let offset = null;
+      adapter.broadcast = function (packet, opts) {
+        broadcast.call(this, packet, opts);
+        offset = packet.data[packet.data.length - 1];
+      };
+      io.to('nobody').emit('mark');
+      adapter.broadcast = broadcast;
+      return { offset };
+    },
+    // Sessions as Socket.IO persists them when sockets disconnect, each in room r1.
+    async persistSessions({ count }) {
+      const pids = [];
+      for (let i = 0; i < count; i++) {
+        const sid = crypto.randomBytes(15).toString('base64url');
+        const pid = crypto.randomBytes(15).toString('base64url');
+        io.of('/').adapter.persistSession({ sid, pid, rooms: [sid, 'r1'], data: { i } });
+        pids.push(pid);
+      }
+      return { pids };
+    },
+    // Restores the sessions one after another (no shared scans), timing each.
+    async restoreTimes({ pids, offset }) {
+      const times = [];
+      const missed = [];
+      for (const pid of pids) {
+        const start = performance.now();
+        const session = await io.of('/').adapter.restoreSession(pid, offset);
+        times.push(performance.now() - start);
+        missed.push(session ? session.missedPackets.length : -1);
+      }
+      return { times, missed };
     },
     async stats() {
       return { stats: io.of('/').adapter.stats?.() ?? null };

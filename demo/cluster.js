@@ -91,8 +91,23 @@ async function stop(code = 0) {
   }, STOP_MS);
   await Promise.all(exits);
   clearTimeout(forced);
+  await deleteRecoveryLog();
   console.log('demo stopped');
   process.exit(code);
+}
+
+// The servers' recovery log is a durable stream named after this run's exchange: remove it, or
+// every run of the demo would leave one on the broker.
+async function deleteRecoveryLog() {
+  try {
+    const amqplib = require('amqplib');
+    const connection = await amqplib.connect(process.env.AMQP_URL || 'amqp://guest:guest@127.0.0.1:5672');
+    const channel = await connection.createChannel();
+    await channel.deleteQueue(`${exchange}.recovery`);
+    await connection.close();
+  } catch (err) {
+    console.error(`demo: could not delete the recovery log ${exchange}.recovery: ${err.message}`);
+  }
 }
 
 function fail(message) {
