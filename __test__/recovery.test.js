@@ -148,56 +148,61 @@ describe('connection state recovery', { timeout: 120000 }, () => {
     }
   });
 
-  it('hands over to live traffic without a gap or a duplicate while the room keeps receiving', async () => {
-    const cluster = await recoveringCluster(3);
-    try {
-      const [, b] = cluster.ios;
-      await eventually(async () => (await b.of('/').adapter.serverCount()) === 3, 'three servers counted');
-      const x = await cluster.proxied();
-      const numbers = [];
-      x.on('n', (n) => numbers.push(n));
-      let next = 1;
-      let sending = true;
-      // Server b emits a numbered series to room r every millisecond or so, through the whole move.
-      const pump = (async () => {
-        while (sending) {
-          b.to('r').emit('n', next++);
-          await new Promise((resolve) => setImmediate(resolve));
-          if (next % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
-        }
-      })();
-      await eventually(() => numbers.length >= 50, 'x to receive the series');
-      // What server c replays, to say where a gap would be.
-      const adapterC = cluster.ios[2].of('/').adapter;
-      const restore = adapterC.restoreSession.bind(adapterC);
-      let replayed = null;
-      adapterC.restoreSession = async (...args) => {
-        const session = await restore(...args);
-        replayed = session?.missedPackets.map((data) => data[1]) ?? null;
-        return session;
-      };
-      const { resume } = await moveClient(cluster, x, 2, 0);
-      const beforeMove = numbers.length;
-      const reconnected = waitFor(x, 'connect', 'x to reconnect to server c', 10000);
-      await resume();
-      await reconnected;
-      assert.equal(x.recovered, true);
-      const resumedAt = numbers.length;
-      await eventually(() => numbers.length >= resumedAt + 200, 'live numbers after the recovery', 10000);
-      sending = false;
-      await pump;
-      const last = next - 1;
-      await eventually(() => numbers[numbers.length - 1] === last, 'the last number', 10000);
-      const expected = Array.from({ length: last - numbers[0] + 1 }, (_, i) => numbers[0] + i);
-      const missing = expected.filter((n) => !numbers.includes(n));
-      const twice = numbers.filter((n, i) => numbers.indexOf(n) !== i);
-      const where = `received ${beforeMove} before the move (last ${numbers[beforeMove - 1]}); replayed ${replayed?.length} (${replayed?.[0]}..${replayed?.at(-1)}); then live from ${numbers[beforeMove + (replayed?.length ?? 0)]}`;
-      assert.deepEqual({ missing, twice }, { missing: [], twice: [] }, `every number once across the move: ${where}`);
-      assert.deepEqual(numbers, expected, 'in order');
-    } finally {
-      await cluster.close();
-    }
-  });
+  for (const [label, adapterOptions] of [
+    ['', {}],
+    [' (roomRouting: the new server binds the rooms first)', { roomRouting: true }],
+  ]) {
+    it(`hands over to live traffic without a gap or a duplicate while the room keeps receiving${label}`, async () => {
+      const cluster = await recoveringCluster(3, { adapterOptions });
+      try {
+        const [, b] = cluster.ios;
+        await eventually(async () => (await b.of('/').adapter.serverCount()) === 3, 'three servers counted');
+        const x = await cluster.proxied();
+        const numbers = [];
+        x.on('n', (n) => numbers.push(n));
+        let next = 1;
+        let sending = true;
+        // Server b emits a numbered series to room r every millisecond or so, through the whole move.
+        const pump = (async () => {
+          while (sending) {
+            b.to('r').emit('n', next++);
+            await new Promise((resolve) => setImmediate(resolve));
+            if (next % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+          }
+        })();
+        await eventually(() => numbers.length >= 50, 'x to receive the series');
+        // What server c replays, to say where a gap would be.
+        const adapterC = cluster.ios[2].of('/').adapter;
+        const restore = adapterC.restoreSession.bind(adapterC);
+        let replayed = null;
+        adapterC.restoreSession = async (...args) => {
+          const session = await restore(...args);
+          replayed = session?.missedPackets.map((data) => data[1]) ?? null;
+          return session;
+        };
+        const { resume } = await moveClient(cluster, x, 2, 0);
+        const beforeMove = numbers.length;
+        const reconnected = waitFor(x, 'connect', 'x to reconnect to server c', 10000);
+        await resume();
+        await reconnected;
+        assert.equal(x.recovered, true);
+        const resumedAt = numbers.length;
+        await eventually(() => numbers.length >= resumedAt + 200, 'live numbers after the recovery', 10000);
+        sending = false;
+        await pump;
+        const last = next - 1;
+        await eventually(() => numbers[numbers.length - 1] === last, 'the last number', 10000);
+        const expected = Array.from({ length: last - numbers[0] + 1 }, (_, i) => numbers[0] + i);
+        const missing = expected.filter((n) => !numbers.includes(n));
+        const twice = numbers.filter((n, i) => numbers.indexOf(n) !== i);
+        const where = `received ${beforeMove} before the move (last ${numbers[beforeMove - 1]}); replayed ${replayed?.length} (${replayed?.[0]}..${replayed?.at(-1)}); then live from ${numbers[beforeMove + (replayed?.length ?? 0)]}`;
+        assert.deepEqual({ missing, twice }, { missing: [], twice: [] }, `every number once across the move: ${where}`);
+        assert.deepEqual(numbers, expected, 'in order');
+      } finally {
+        await cluster.close();
+      }
+    });
+  }
 
   it('uses a session once; unknown pids, bogus offsets and expired sessions are not recovered, quickly', async () => {
     const cluster = await recoveringCluster(2, {

@@ -230,6 +230,9 @@ pub struct Node {
     pub stats: Stats,
     /// Connection state recovery's log and restores, when the host turned it on.
     pub recovery: Option<Arc<Recovery>>,
+    /// Room routing: rooms bound for restores under way (count per room), and each restore's.
+    pinned_rooms: Mutex<HashMap<(String, String), usize>>,
+    restore_pins: Mutex<HashMap<u64, (String, Vec<String>)>>,
 }
 
 impl Node {
@@ -266,6 +269,8 @@ impl Node {
             panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
             recovery,
+            pinned_rooms: Mutex::default(),
+            restore_pins: Mutex::default(),
         })
     }
 
@@ -337,7 +342,74 @@ impl Node {
         pid: &str,
         offset: &str,
     ) -> Option<(u64, Restored)> {
-        self.recovery.as_ref()?.restore(nsp, pid, offset).await
+        let recovery = self.recovery.as_ref()?;
+        let (handle, mut restored) = recovery.restore(nsp, pid, offset).await?;
+        if !self.config.room_routing {
+            return Some((handle, restored));
+        }
+        // Room routing: broadcasts to the session's rooms reach this server only once it binds
+        // them. Bind them now (pinned: no socket holds them yet), then read what was sent to
+        // them between the scan's fence and the bindings; the recording covers what follows.
+        let rooms: Vec<String> = restored
+            .rooms
+            .iter()
+            .filter(|room| routable_room(nsp, room))
+            .cloned()
+            .collect();
+        self.pin_rooms(handle, nsp, &rooms);
+        self.rooms_bound().await;
+        let more = match restored.resume_at {
+            Some(from) => {
+                let rooms = restored.rooms.clone();
+                recovery.catch_up(handle, nsp, rooms, from).await
+            }
+            None => None,
+        };
+        match more {
+            Some(packets) => {
+                restored.packets.extend(packets);
+                Some((handle, restored))
+            }
+            None => {
+                self.unpin_rooms(handle);
+                recovery.abandon(handle);
+                None
+            }
+        }
+    }
+
+    /// Rooms bound for a restore before its socket joins them (room routing).
+    fn pin_rooms(&self, handle: u64, nsp: &str, rooms: &[String]) {
+        {
+            let mut pinned = self.pinned_rooms.lock();
+            for room in rooms {
+                *pinned.entry((nsp.to_string(), room.clone())).or_default() += 1;
+            }
+        }
+        self.restore_pins
+            .lock()
+            .insert(handle, (nsp.to_string(), rooms.to_vec()));
+        self.rooms_changed(nsp, rooms.iter().map(String::as_str));
+    }
+
+    /// Releases a restore's pinned rooms: those without members are unbound.
+    fn unpin_rooms(&self, handle: u64) {
+        let Some((nsp, rooms)) = self.restore_pins.lock().remove(&handle) else {
+            return;
+        };
+        {
+            let mut pinned = self.pinned_rooms.lock();
+            for room in &rooms {
+                let key = (nsp.clone(), room.clone());
+                if let Some(count) = pinned.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        pinned.remove(&key);
+                    }
+                }
+            }
+        }
+        self.rooms_changed(&nsp, rooms.iter().map(String::as_str));
     }
 
     /// Puts a restored socket into the namespace's index (with room routing, its new rooms are
@@ -348,9 +420,13 @@ impl Node {
         handle: u64,
         sid: &str,
     ) -> Option<(crate::room_index::AddOutcome, Vec<Vec<PacketPart>>)> {
-        self.recovery
+        let finished = self
+            .recovery
             .as_ref()?
-            .finish_restore(handle, sid, &ns.index)
+            .finish_restore(handle, sid, &ns.index);
+        // The socket holds its rooms now (or the restore failed): the pins go.
+        self.unpin_rooms(handle);
+        finished
     }
 
     /// The namespace's state on this node, created on first use.
@@ -419,12 +495,19 @@ impl Node {
         }
     }
 
-    /// Whether `room` of `nsp` has local members (so its key should be bound).
+    /// Whether `room` of `nsp` has local members, or a restore pinned it (so its key should be
+    /// bound).
     pub(crate) fn has_room(&self, nsp: &str, room: &str) -> bool {
+        let pinned = || {
+            self.pinned_rooms
+                .lock()
+                .contains_key(&(nsp.to_string(), room.to_string()))
+        };
         let namespaces = self.namespaces.read();
         namespaces
             .get(nsp)
             .is_some_and(|ns| ns.index.lock().has_room(room))
+            || pinned()
     }
 
     /// Every (namespace, room) with local members.

@@ -79,8 +79,8 @@ pub struct Recovery {
     /// The session's connection, for the scans' channels (`None` while disconnected).
     connection: Mutex<Option<Arc<lapin::Connection>>>,
     pub(crate) recorders: Recorders,
-    requests: mpsc::UnboundedSender<reader::Request>,
-    pending_requests: Mutex<Option<mpsc::UnboundedReceiver<reader::Request>>>,
+    requests: mpsc::UnboundedSender<reader::Job>,
+    pending_requests: Mutex<Option<mpsc::UnboundedReceiver<reader::Job>>>,
     pub stats: RecoveryStats,
 }
 
@@ -213,7 +213,7 @@ impl Recovery {
             start_ms: sent_at_ms.saturating_sub(CLOCK_MARGIN.as_millis() as u64),
             reply,
         };
-        let restored = match self.requests.send(request) {
+        let restored = match self.requests.send(reader::Job::Restore(request)) {
             Ok(()) => outcome.await.ok().flatten(),
             Err(_) => None,
         };
@@ -229,6 +229,34 @@ impl Recovery {
                 None
             }
         }
+    }
+
+    /// Room routing: what was sent to the session's `rooms` of `nsp` from log position `from` to
+    /// a new fence (see `scan::CatchUp`); the recording `recording` then skips those packets.
+    pub(crate) async fn catch_up(
+        &self,
+        recording: u64,
+        nsp: &str,
+        rooms: Vec<String>,
+        from: u64,
+    ) -> Option<Vec<StoredPacket>> {
+        let (reply, outcome) = oneshot::channel();
+        let request = reader::CatchUpRequest {
+            nsp: nsp.to_string(),
+            rooms,
+            from,
+            reply,
+        };
+        self.requests.send(reader::Job::CatchUp(request)).ok()?;
+        let packets = outcome.await.ok().flatten()?;
+        self.recorders
+            .also_replayed(recording, packets.iter().map(|p| p.offset.clone()));
+        Some(packets)
+    }
+
+    /// Ends a restore that will not be finished (its recording stops).
+    pub(crate) fn abandon(&self, recording: u64) {
+        self.recorders.stop(recording);
     }
 
     /// Puts the restored socket into `index` and returns the live packets for it recorded since

@@ -2,8 +2,9 @@
 //! scan: the first waits a few milliseconds for company, then one fence is written, one consumer
 //! reads from the earliest start to that fence, and every restore of the round gets its answer.
 //! (200 clients of a closed server reconnecting within a second cost a few scans, not 200.)
+//! Catch-ups (room routing's second read for one restore) are read one by one, from a position.
 
-use super::scan::{Restored, Scan};
+use super::scan::{CatchUp, Reading, Restored, Scan, StoredPacket};
 use super::{now_ms, LogPublisher, Recovery, Reporter, MAX_REPLAYED};
 use crate::connection::closed;
 use crate::wire::{self, Message};
@@ -18,10 +19,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 /// How long the first restore of a round waits for others to share its scan.
 const GATHER: Duration = Duration::from_millis(15);
-/// A scan that has not read its fence by then gives up (its restores are not recovered).
+/// A read that has not reached its fence by then gives up (its restores are not recovered).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Stream deliveries in flight (streams need a prefetch and acknowledgements as credit).
 const SCAN_PREFETCH: u16 = 1000;
+
+pub(crate) enum Job {
+    Restore(Request),
+    CatchUp(CatchUpRequest),
+}
 
 pub(crate) struct Request {
     pub nsp: String,
@@ -32,25 +38,45 @@ pub(crate) struct Request {
     pub reply: oneshot::Sender<Option<Restored>>,
 }
 
+pub(crate) struct CatchUpRequest {
+    pub nsp: String,
+    pub rooms: Vec<String>,
+    /// The log position to read from (right after the restore's first fence).
+    pub from: u64,
+    pub reply: oneshot::Sender<Option<Vec<StoredPacket>>>,
+}
+
 pub(crate) async fn run(
     recovery: Arc<Recovery>,
     publish: LogPublisher,
     report: Reporter,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     mut closing: watch::Receiver<bool>,
 ) {
     loop {
         let first = tokio::select! {
-            request = requests.recv() => match request {
-                Some(request) => request,
+            job = jobs.recv() => match job {
+                Some(job) => job,
                 None => return,
             },
             _ = closed(&mut closing) => return,
         };
         tokio::time::sleep(GATHER).await;
-        let mut round = vec![first];
-        while let Ok(request) = requests.try_recv() {
-            round.push(request);
+        let mut round = Vec::new();
+        let mut catch_ups = Vec::new();
+        for job in std::iter::once(first).chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+            match job {
+                Job::Restore(request) => round.push(request),
+                Job::CatchUp(request) => catch_ups.push(request),
+            }
+        }
+        // Catch-ups first: their sockets are half-way through a restore.
+        for request in catch_ups {
+            let packets = catch_up(&recovery, &publish, &report, &request).await;
+            let _ = request.reply.send(packets);
+        }
+        if round.is_empty() {
+            continue;
         }
         // A pid asked for twice in one round (a client retrying) is restored once.
         let mut seen = HashSet::new();
@@ -71,7 +97,7 @@ async fn scan_round(
     round: Vec<Request>,
 ) {
     recovery.stats.scans.fetch_add(1, Ordering::Relaxed);
-    let fence = format!("{:x}-{}", now_ms(), crate::cluster::random_uid());
+    let fence = new_fence_id();
     let start_ms = round.iter().map(|r| r.start_ms).min().unwrap_or_default();
     let wanted = round
         .iter()
@@ -79,25 +105,14 @@ async fn scan_round(
     let scan = Scan::new(fence.clone(), wanted, MAX_REPLAYED);
     let claims = round.iter().map(|r| r.pid.clone()).collect();
     publish(Message::Fence { id: fence, claims });
-    let outcomes = match recovery.connection() {
-        Some(connection) => {
-            let stream = recovery.config.stream.as_str();
-            match tokio::time::timeout(SCAN_TIMEOUT, read(&connection, stream, start_ms, scan))
-                .await
-            {
-                Ok(Ok(scan)) => Some(scan.finish(now_ms())),
-                Ok(Err(error)) => {
-                    report(format!(
-                        "reading the recovery log failed ({error}): {} client(s) not recovered",
-                        round.len()
-                    ));
-                    None
-                }
-                Err(_) => {
-                    report(format!("reading the recovery log did not reach its fence within {} s: {} client(s) not recovered", SCAN_TIMEOUT.as_secs(), round.len()));
-                    None
-                }
+    let start = AMQPValue::Timestamp(start_ms / 1000);
+    let outcomes = match read_logged(recovery, report, start, scan, round.len()).await {
+        Some((scan, fence_position)) => {
+            let mut outcomes = scan.finish(now_ms());
+            for restored in outcomes.iter_mut().flatten() {
+                restored.resume_at = fence_position.map(|p| p + 1);
             }
+            Some(outcomes)
         }
         None => None,
     };
@@ -115,27 +130,82 @@ async fn scan_round(
     }
 }
 
-/// Reads the stream from `start_ms` (a timestamp offset: the broker starts at the first chunk
-/// written at or after it) until the scan's fence, on a channel of its own.
-async fn read(
+async fn catch_up(
+    recovery: &Recovery,
+    publish: &LogPublisher,
+    report: &Reporter,
+    request: &CatchUpRequest,
+) -> Option<Vec<StoredPacket>> {
+    recovery.stats.scans.fetch_add(1, Ordering::Relaxed);
+    let fence = new_fence_id();
+    let reading = CatchUp::new(
+        fence.clone(),
+        request.nsp.clone(),
+        request.rooms.clone(),
+        MAX_REPLAYED,
+    );
+    publish(Message::Fence {
+        id: fence,
+        claims: Vec::new(),
+    });
+    let start = AMQPValue::LongLongInt(i64::try_from(request.from).unwrap_or(i64::MAX));
+    let (reading, _) = read_logged(recovery, report, start, reading, 1).await?;
+    reading.finish()
+}
+
+fn new_fence_id() -> String {
+    format!("{:x}-{}", now_ms(), crate::cluster::random_uid())
+}
+
+/// [`read`] on the session's connection, reporting failures (`clients`: how many restores wait).
+async fn read_logged<R: Reading>(
+    recovery: &Recovery,
+    report: &Reporter,
+    start: AMQPValue,
+    reading: R,
+    clients: usize,
+) -> Option<(R, Option<u64>)> {
+    let connection = recovery.connection()?;
+    let stream = recovery.config.stream.as_str();
+    match tokio::time::timeout(SCAN_TIMEOUT, read(&connection, stream, start, reading)).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(error)) => {
+            report(format!(
+                "reading the recovery log failed ({error}): {clients} client(s) not recovered"
+            ));
+            None
+        }
+        Err(_) => {
+            report(format!(
+                "reading the recovery log did not reach its fence within {} s: {clients} client(s) \
+                 not recovered",
+                SCAN_TIMEOUT.as_secs()
+            ));
+            None
+        }
+    }
+}
+
+/// Reads the stream from `start` (`x-stream-offset`: a timestamp, from the first chunk written at
+/// or after it, or a position) until the reading has seen its fence, on a channel of its own.
+/// Returns the reading and the fence's position in the log.
+async fn read<R: Reading>(
     connection: &lapin::Connection,
     stream: &str,
-    start_ms: u64,
-    mut scan: Scan,
-) -> Result<Scan, String> {
+    start: AMQPValue,
+    mut reading: R,
+) -> Result<(R, Option<u64>), String> {
     let channel = connection
         .create_channel()
         .await
         .map_err(|e| e.to_string())?;
+    let mut fence_position = None;
     let result = async {
         channel
             .basic_qos(SCAN_PREFETCH, BasicQosOptions::default())
             .await?;
         let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-stream-offset".into(),
-            AMQPValue::Timestamp(start_ms / 1000),
-        );
+        arguments.insert("x-stream-offset".into(), start);
         let mut consumer = channel
             .basic_consume(
                 stream.into(),
@@ -149,10 +219,11 @@ async fn read(
             let delivery = delivery?;
             // Records another version wrote, or garbage, are skipped: they restore nothing.
             if let Ok(envelope) = wire::decode(&delivery.data) {
-                scan.feed(envelope);
+                reading.feed(envelope);
             }
             unacked += 1;
-            if scan.done() {
+            if reading.done() {
+                fence_position = stream_position(&delivery);
                 break;
             }
             if unacked >= SCAN_PREFETCH / 4 {
@@ -163,11 +234,22 @@ async fn read(
         Ok(())
     }
     .await;
-    let _ = channel.close(200, "restore scan done".into()).await;
+    let _ = channel.close(200, "recovery log read".into()).await;
     result.map_err(|e: lapin::Error| e.to_string())?;
-    if scan.done() {
-        Ok(scan)
+    if reading.done() {
+        Ok((reading, fence_position))
     } else {
-        Err("the recovery log's consumer ended before the scan's fence".into())
+        Err("the recovery log's consumer ended before the read's fence".into())
+    }
+}
+
+/// A stream delivery's position in the log (header `x-stream-offset`).
+fn stream_position(delivery: &lapin::message::Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("x-stream-offset")? {
+        AMQPValue::LongLongInt(n) => u64::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(u64::from(*n)),
+        AMQPValue::LongInt(n) => u64::try_from(*n).ok(),
+        _ => None,
     }
 }

@@ -64,6 +64,19 @@ impl Recorders {
         }
     }
 
+    /// Offsets a further read replays: the recording skips them too.
+    pub(crate) fn also_replayed(&self, id: u64, offsets: impl IntoIterator<Item = String>) {
+        let mut inner = self.inner.lock();
+        let session = inner
+            .list
+            .iter_mut()
+            .find(|r| r.id == id)
+            .and_then(|r| r.session.as_mut());
+        if let Some((_, replayed)) = session {
+            replayed.extend(offsets);
+        }
+    }
+
     pub(crate) fn stop(&self, id: u64) {
         let mut inner = self.inner.lock();
         inner.list.retain(|r| r.id != id);

@@ -26,6 +26,15 @@ pub struct Restored {
     pub rooms: Vec<String>,
     pub data: Vec<PacketPart>,
     pub packets: Vec<StoredPacket>,
+    /// The log position right after the scan's fence, where a further read starts (room
+    /// routing's catch-up); set by the reader.
+    pub resume_at: Option<u64>,
+}
+
+/// What a read of the log feeds records to, in log order, until it has read its fence.
+pub trait Reading {
+    fn feed(&mut self, envelope: Envelope);
+    fn done(&self) -> bool;
 }
 
 /// Why a restore found nothing (reported in the stats; the client is simply not recovered).
@@ -46,12 +55,10 @@ struct Wanted {
     nsp: String,
     pid: String,
     offset: String,
-    offset_seen: bool,
-    /// Storable broadcasts of `nsp` after the offset's packet (filtered once the rooms are known).
-    candidates: Vec<(Target, StoredPacket)>,
+    /// Where the offset's packet was in the scan's `packets`: what follows is what was missed.
+    offset_at: Option<usize>,
     session: Option<SessionRecord>,
     claimed: bool,
-    overflow: bool,
 }
 
 struct SessionRecord {
@@ -65,9 +72,20 @@ struct SessionRecord {
 pub struct Scan {
     fence: String,
     wanted: Vec<Wanted>,
+    /// The storable broadcasts of the wanted namespaces from the first offset found on, once for
+    /// the whole round (each restore filters its part by its session's rooms at the end: the rooms
+    /// are only known once the session record, written after the packets, has been read).
+    packets: Vec<(String, Target, StoredPacket)>,
+    packet_bytes: usize,
+    /// The most packets one restore replays.
     max_packets: usize,
+    /// The scan kept more than [`MAX_SCAN_BYTES`]: its restores fail rather than replay a gap.
+    overflow: bool,
     done: bool,
 }
+
+/// How much of the log one scan keeps in memory.
+const MAX_SCAN_BYTES: usize = 256 * 1024 * 1024;
 
 impl Scan {
     /// A scan ending at the fence `fence`, for `(nsp, pid, offset)` restores, each holding at most
@@ -83,17 +101,18 @@ impl Scan {
                 nsp,
                 pid,
                 offset,
-                offset_seen: false,
-                candidates: Vec::new(),
+                offset_at: None,
                 session: None,
                 claimed: false,
-                overflow: false,
             })
             .collect();
         Scan {
             fence,
             wanted,
+            packets: Vec::new(),
+            packet_bytes: 0,
             max_packets,
+            overflow: false,
             done: false,
         }
     }
@@ -109,14 +128,7 @@ impl Scan {
             return;
         }
         let Envelope { nsp, message, .. } = envelope;
-        match message {
-            Message::Batch(messages) => {
-                for message in messages {
-                    self.feed_message(&nsp, message);
-                }
-            }
-            message => self.feed_message(&nsp, message),
-        }
+        for_each_message(message, |message| self.feed_message(&nsp, message));
     }
 
     fn feed_message(&mut self, nsp: &str, message: Message) {
@@ -131,24 +143,25 @@ impl Scan {
                 ack: None,
                 ..
             } => {
-                let mut packet = Some(packet);
-                for wanted in self.wanted.iter_mut().filter(|w| w.nsp == nsp) {
-                    if !wanted.offset_seen {
-                        wanted.offset_seen = wanted.offset == offset;
-                    } else if wanted.candidates.len() >= self.max_packets {
-                        wanted.overflow = true;
-                    } else {
-                        let parts = packet.clone().unwrap_or_default();
-                        wanted.candidates.push((
-                            target.clone(),
-                            StoredPacket {
-                                offset: offset.clone(),
-                                parts,
-                            },
-                        ));
+                // Kept when some restore already found its offset (a packet it may have missed).
+                let collecting = self.wanted.iter().any(|w| w.offset_at.is_some());
+                let wanted_nsp = self.wanted.iter().any(|w| w.nsp == nsp);
+                if collecting && wanted_nsp && !self.overflow {
+                    self.packet_bytes += offset.len() + parts_len(&packet);
+                    self.overflow = self.packet_bytes > MAX_SCAN_BYTES;
+                    let stored = StoredPacket {
+                        offset: offset.clone(),
+                        parts: packet,
+                    };
+                    self.packets.push((nsp.to_string(), target, stored));
+                }
+                // A restore whose offset this is replays what comes after it.
+                let next = self.packets.len();
+                for wanted in self.wanted.iter_mut() {
+                    if wanted.offset_at.is_none() && wanted.nsp == nsp && wanted.offset == offset {
+                        wanted.offset_at = Some(next);
                     }
                 }
-                packet.take();
             }
             Message::Session {
                 pid,
@@ -190,36 +203,137 @@ impl Scan {
 
     /// The outcome of each restore, in the order they were given, judged at `now_ms`.
     pub fn finish(self, now_ms: u64) -> Vec<Result<Restored, Miss>> {
-        self.wanted
+        let Scan {
+            wanted,
+            packets,
+            max_packets,
+            overflow,
+            ..
+        } = self;
+        wanted
             .into_iter()
             .map(|wanted| {
                 let session = wanted.session.ok_or(Miss::NoSession)?;
-                if !wanted.offset_seen {
-                    return Err(Miss::UnknownOffset);
-                }
+                let from = wanted.offset_at.ok_or(Miss::UnknownOffset)?;
                 if wanted.claimed {
                     return Err(Miss::AlreadyUsed);
                 }
                 if now_ms > session.expires_at_ms {
                     return Err(Miss::Expired);
                 }
-                if wanted.overflow {
+                if overflow {
                     return Err(Miss::TooManyPackets);
                 }
-                let packets = wanted
-                    .candidates
-                    .into_iter()
-                    .filter(|(target, _)| reaches(target, &session.rooms))
-                    .map(|(_, packet)| packet)
+                let packets: Vec<StoredPacket> = packets[from.min(packets.len())..]
+                    .iter()
+                    .filter(|(nsp, target, _)| {
+                        *nsp == wanted.nsp && reaches(target, &session.rooms)
+                    })
+                    .map(|(_, _, packet)| packet.clone())
                     .collect();
+                if packets.len() > max_packets {
+                    return Err(Miss::TooManyPackets);
+                }
                 Ok(Restored {
                     sid: session.sid,
                     rooms: session.rooms,
                     data: session.data,
                     packets,
+                    resume_at: None,
                 })
             })
             .collect()
+    }
+}
+
+impl Reading for Scan {
+    fn feed(&mut self, envelope: Envelope) {
+        Scan::feed(self, envelope);
+    }
+    fn done(&self) -> bool {
+        self.done
+    }
+}
+
+/// A second read for one restore, from the first scan's fence to a new one: with room routing the
+/// restoring server receives a room's broadcasts only once it binds the room, so what was sent to
+/// the session's rooms between the first fence and that binding is read from the log.
+pub struct CatchUp {
+    fence: String,
+    nsp: String,
+    rooms: Vec<String>,
+    packets: Vec<StoredPacket>,
+    max_packets: usize,
+    overflow: bool,
+    done: bool,
+}
+
+impl CatchUp {
+    pub fn new(fence: String, nsp: String, rooms: Vec<String>, max_packets: usize) -> CatchUp {
+        CatchUp {
+            fence,
+            nsp,
+            rooms,
+            packets: Vec::new(),
+            max_packets,
+            overflow: false,
+            done: false,
+        }
+    }
+
+    /// The storable packets for the session's rooms, in log order; `None` past the limit.
+    pub fn finish(self) -> Option<Vec<StoredPacket>> {
+        (!self.overflow).then_some(self.packets)
+    }
+}
+
+impl Reading for CatchUp {
+    fn feed(&mut self, envelope: Envelope) {
+        if self.done {
+            return;
+        }
+        let Envelope { nsp, message, .. } = envelope;
+        for_each_message(message, |message| match message {
+            Message::Fence { id, .. } if id == self.fence => self.done = true,
+            Message::Broadcast {
+                target,
+                packet,
+                offset: Some(offset),
+                ack: None,
+                ..
+            } if !self.done && nsp == self.nsp && reaches(&target, &self.rooms) => {
+                if self.packets.len() >= self.max_packets {
+                    self.overflow = true;
+                } else {
+                    self.packets.push(StoredPacket {
+                        offset,
+                        parts: packet,
+                    });
+                }
+            }
+            _ => {}
+        });
+    }
+    fn done(&self) -> bool {
+        self.done
+    }
+}
+
+fn parts_len(parts: &[PacketPart]) -> usize {
+    parts
+        .iter()
+        .map(|part| match part {
+            PacketPart::Text(text) => text.len(),
+            PacketPart::Binary(bytes) => bytes.len(),
+        })
+        .sum()
+}
+
+/// Each message of a record (the messages of a batch, in order).
+fn for_each_message(message: Message, mut each: impl FnMut(Message)) {
+    match message {
+        Message::Batch(messages) => messages.into_iter().for_each(each),
+        message => each(message),
     }
 }
 
@@ -378,6 +492,44 @@ mod tests {
             scan_of(flood, &[("/", "p", "o0")])[0],
             Err(Miss::TooManyPackets)
         );
+        // The limit is on what one restore replays, not on the traffic the scan reads.
+        let mut busy = vec![env("/", broadcast(&[], &[], Some("o0")))];
+        for n in 0..500 {
+            busy.push(env("/", broadcast(&["other"], &[], Some(&format!("x{n}")))));
+        }
+        busy.push(env("/", broadcast(&["a"], &[], Some("mine"))));
+        busy.push(env("/", session("p", &["sid-of-p", "a"], 2_000)));
+        busy.push(env("/", fence("F", &[])));
+        let restored = scan_of(busy, &[("/", "p", "o0")])
+            .remove(0)
+            .expect("restored");
+        assert_eq!(offsets(&restored), ["mine"]);
+    }
+
+    #[test]
+    fn a_catch_up_reads_the_sessions_rooms_to_its_fence() {
+        let mut catch_up =
+            CatchUp::new("F2".into(), "/".into(), vec!["sid".into(), "a".into()], 10);
+        for record in [
+            env("/", broadcast(&["a"], &[], Some("o1"))),
+            env("/", broadcast(&["b"], &[], Some("o2"))),
+            env("/chat", broadcast(&["a"], &[], Some("o3"))),
+            env(
+                "/",
+                Message::Batch(vec![broadcast(&[], &[], Some("o4")), fence("F2", &[])]),
+            ),
+            env("/", broadcast(&[], &[], Some("o5"))),
+        ] {
+            catch_up.feed(record);
+        }
+        assert!(Reading::done(&catch_up));
+        let offsets: Vec<String> = catch_up
+            .finish()
+            .unwrap()
+            .into_iter()
+            .map(|p| p.offset)
+            .collect();
+        assert_eq!(offsets, ["o1", "o4"]);
     }
 
     #[test]
