@@ -60,7 +60,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{{\"messages\":{received},\"seconds\":{seconds:.3},\"perSecond\":{:.0},\"roundTripMs\":{round_trip_ms:.3}}}",
         received as f64 / seconds
     );
-    connection.close(200, "done".into()).await?;
+    // Measured and printed: a failing close (a channel still closing) changes nothing.
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
 
@@ -104,8 +105,8 @@ async fn round_trip(url: &str) -> Result<f64, Box<dyn std::error::Error>> {
     }
     answering.abort();
     times.sort_by(f64::total_cmp);
-    pinger.close(200, "done".into()).await?;
-    ponger.close(200, "done".into()).await?;
+    let _ = pinger.close(200, "done".into()).await;
+    let _ = ponger.close(200, "done".into()).await;
     Ok(times[times.len() / 2])
 }
 
