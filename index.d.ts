@@ -111,6 +111,9 @@ export interface AdapterStats {
   sessionsNotRestored: number;
   /** Connection state recovery: reads of the recovery log (restores arriving together share one). */
   recoveryScans: number;
+  /** Connection state recovery: the recovery log is open in this session (false with recovery off,
+   *  without streams, or while the stream is not ready yet, e.g. right after a broker restart). */
+  recoveryLogReady: boolean;
   /** Publishes waiting to go out, e.g. during an outage (a gauge). */
   buffered: number;
   /** Requests of this server still waiting for replies or their timeout (a gauge). */

@@ -364,3 +364,80 @@ describe('connection state recovery on a broker without streams', { timeout: 120
     }
   });
 });
+
+describe('connection state recovery across a full broker restart', { timeout: 180000 }, () => {
+  let node;
+  let webProxy;
+  after(async () => {
+    await webProxy?.close();
+    await node?.destroy();
+  });
+
+  it('the recovery log is durable: a client moved after the restart is recovered from an offset written before it', async () => {
+    node = await PrivateNode.create('recovery-restart');
+    await node.start();
+    const exchangeName = uniqueName('recrestart');
+    const servers = [];
+    for (let i = 0; i < 2; i++) {
+      const httpServer = http.createServer();
+      const io = new Server(httpServer, { connectionStateRecovery: { maxDisconnectionDuration: 60000 } });
+      io.adapter(createAdapter(node.url, { exchangeName, ...FAST }));
+      io.of('/').adapter.on('error', () => {}); // the restart's connection errors are expected
+      io.on('connection', (socket) => {
+        if (!socket.recovered) socket.join('r');
+      });
+      await within(io.of('/').adapter.init(), `server ${i} to bind`, 15000);
+      await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+      servers.push({ io, port: httpServer.address().port, adapter: io.of('/').adapter });
+    }
+    const [a, b] = servers;
+    // The client reaches server a through a proxy that will send its reconnect to server b.
+    webProxy = await TcpProxy.start(a.port);
+    const client = connectClient(`http://127.0.0.1:${webProxy.port}`, {
+      transports: ['websocket'],
+      forceNew: true,
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 50,
+      randomizationFactor: 0,
+    });
+    try {
+      await waitFor(client, 'connect', 'the client to connect to server a');
+      await eventually(async () => (await a.adapter.serverCount()) === 2, 'two servers counted', 10000);
+      const seen = record(client, 'm');
+      b.io.to('r').emit('m', 'before the restart');
+      await eventually(() => seen.length === 1, 'the first packet', 10000);
+      const offsetBefore = client._lastOffset;
+
+      const back = servers.map(({ adapter }, i) => waitFor(adapter, 'reconnect', `server ${i} to reconnect after the restart`, 60000));
+      await node.stop();
+      await node.start();
+      await Promise.all(back);
+      // The stream's process starts after the node accepts connections: the servers try again
+      // until the log is open, and say when it is.
+      await eventually(() => servers.every(({ adapter }) => adapter.stats().recoveryLogReady), 'the recovery log to be open again', 20000);
+
+      // Now the client moves: server a persists its session, server b sends it something.
+      webProxy.targetPort = b.port;
+      webProxy.refuse();
+      const persisted = a.adapter.stats().sessionsPersisted;
+      const gone = waitFor(client, 'disconnect', 'the client to lose server a');
+      webProxy.drop();
+      await gone;
+      await eventually(() => a.adapter.stats().sessionsPersisted > persisted, 'server a to persist the session', 10000);
+      b.io.to('r').emit('m', 'while it moved');
+      const reconnected = waitFor(client, 'connect', 'the client to reconnect to server b', 15000);
+      await webProxy.restore();
+      await reconnected;
+      assert.equal(client.recovered, true, 'recovered from an offset the log kept across the restart');
+      assert.equal(client._lastOffset === offsetBefore, false, 'the missed packet brought a newer offset');
+      assert.deepEqual(
+        seen.map(([text]) => text),
+        ['before the restart', 'while it moved'],
+      );
+      assert.equal(b.adapter.stats().sessionsRestored, 1);
+    } finally {
+      client.disconnect();
+      await Promise.all(servers.map(({ io }) => io.close()));
+    }
+  });
+});

@@ -9,7 +9,8 @@ use crate::recovery::LOG_KEY;
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{
-    connect_any, namespace_key, room_key, server_key, Transport, TransportConfig, CLUSTER_KEY,
+    connect_any, namespace_key, room_key, server_key, LogError, Transport, TransportConfig,
+    CLUSTER_KEY,
 };
 use crate::wire::{self, Envelope, Message};
 use futures_lite::{future, FutureExt, StreamExt};
@@ -210,7 +211,12 @@ impl Node {
                     let (rooms, generation) = self.rooms.take_dirty();
                     self.sync_rooms(transport, rooms, generation).await
                 }
-                _ = heartbeat.tick() => self.announce(transport, false).await,
+                _ = heartbeat.tick() => {
+                    if self.recovery_log_pending() {
+                        self.open_recovery_log(transport).await;
+                    }
+                    self.announce(transport, false).await
+                }
                 _ = sweep.tick() => {
                     self.forget_silent_peers();
                     Ok(())
@@ -224,7 +230,9 @@ impl Node {
     }
 
     /// Connection state recovery: declares and binds the recovery log. A broker without streams
-    /// is reported once; recovery is then off (clients are not recovered) and the rest works.
+    /// is reported once; recovery is then off (clients are not recovered) and the rest works. A
+    /// log that is not ready (its stream still starting after a broker restart) is tried again
+    /// with every heartbeat until it is.
     async fn open_recovery_log(&self, transport: &Transport) {
         let Some(recovery) = &self.recovery else {
             return;
@@ -235,7 +243,7 @@ impl Node {
             .await;
         match declared {
             Ok(()) => recovery.connected(transport.connection()),
-            Err(error) => {
+            Err(LogError::Unsupported(error)) => {
                 if recovery.unavailable() {
                     self.report(format!(
                         "connection state recovery is off: {error} (it needs RabbitMQ 3.9 or later \
@@ -243,7 +251,20 @@ impl Node {
                     ));
                 }
             }
+            Err(LogError::NotReady(error)) => {
+                if recovery.not_ready() {
+                    self.report(format!(
+                        "the recovery log is not available yet ({error}): clients are not \
+                         recovered until it is; retrying"
+                    ));
+                }
+            }
         }
+    }
+
+    /// Whether this session still has to open the recovery log (see `open_recovery_log`).
+    fn recovery_log_pending(&self) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.pending())
     }
 
     /// The queue was gone when this session connected: so are its bindings, and whatever was

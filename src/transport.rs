@@ -409,14 +409,20 @@ impl Transport {
         stream: &str,
         key: &str,
         arguments: FieldTable,
-    ) -> Result<(), String> {
-        if !Self::queue_exists(&self.connection, stream).await? {
+    ) -> Result<(), LogError> {
+        let exists = Self::queue_exists(&self.connection, stream)
+            .await
+            .map_err(LogError::NotReady)?;
+        if !exists {
             let name = format!("{} (recovery log set-up)", self.config.connection_name);
             let properties = ConnectionProperties::default().with_connection_name(name.into());
             let timeout = self.config.connect_timeout;
             let setup = tokio::time::timeout(timeout, open_connection(&self.config, properties))
                 .await
-                .map_err(|_| "the recovery log's set-up connection timed out".to_string())??;
+                .map_err(|_| {
+                    LogError::NotReady("the recovery log's set-up connection timed out".into())
+                })?
+                .map_err(LogError::NotReady)?;
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -434,13 +440,23 @@ impl Transport {
                 // Declared meanwhile by another server with other arguments: it exists.
                 Err(error) if is_precondition_failed(&error) => {}
                 Err(error) => {
-                    return Err(format!(
-                        "declaring the recovery stream '{stream}' failed: {error}"
-                    ))
+                    let message =
+                        format!("declaring the recovery stream '{stream}' failed: {error}");
+                    // A broker without streams closes the connection (541, "feature flag is
+                    // disabled"); anything else (e.g. a stream whose node is still starting after
+                    // a restart: 404) may pass.
+                    let unsupported = message.contains("feature flag")
+                        || matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 541);
+                    return Err(if unsupported {
+                        LogError::Unsupported(message)
+                    } else {
+                        LogError::NotReady(message)
+                    });
                 }
             }
         }
-        let step = |what: String| move |e: lapin::Error| format!("{what} failed: {e}");
+        let step =
+            |what: String| move |e: lapin::Error| LogError::NotReady(format!("{what} failed: {e}"));
         let channel = self
             .connection
             .create_channel()
@@ -500,6 +516,15 @@ async fn open_connection(
                 redact(&config.url)
             )
         })
+}
+
+/// Why the recovery log could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogError {
+    /// The broker has no streams: recovery stays off.
+    Unsupported(String),
+    /// Not now (a stream still starting after a broker restart, a failed channel): try again.
+    NotReady(String),
 }
 
 fn is_precondition_failed(error: &lapin::Error) -> bool {

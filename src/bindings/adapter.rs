@@ -120,6 +120,9 @@ pub struct NodeStats {
     pub sessions_restored: f64,
     pub sessions_not_restored: f64,
     pub recovery_scans: f64,
+    /// Connection state recovery: the recovery log is open in this session (false while it is
+    /// not ready, e.g. right after a broker restart, without streams, or with recovery off).
+    pub recovery_log_ready: bool,
     /// A gauge: publishes waiting to go out (during an outage: for the broker to come back).
     pub buffered: f64,
     /// A gauge: requests still waiting for replies or their timeout.
@@ -264,6 +267,7 @@ impl NativeNode {
             sessions_restored: recovery.map_or(0.0, |r| read(&r.restored)),
             sessions_not_restored: recovery.map_or(0.0, |r| read(&r.not_restored)),
             recovery_scans: recovery.map_or(0.0, |r| read(&r.scans)),
+            recovery_log_ready: self.node.recovery.as_ref().is_some_and(|r| r.ready()),
             buffered: self.node.outbox.len() as f64,
             pending_requests: self.node.pending_requests() as f64,
         }

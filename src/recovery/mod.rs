@@ -55,9 +55,13 @@ const MAX_REPLAYED: usize = 10_000;
 /// Stream segments: retention deletes whole segments, so small ones keep `x-max-age` tight.
 const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Not opened in this session yet (or not ready: tried again).
 const UNKNOWN: u8 = 0;
 const AVAILABLE: u8 = 1;
+/// The broker has no streams: for good.
 const UNAVAILABLE: u8 = 2;
+/// Tried and not ready (reported once until it opens).
+const NOT_READY: u8 = 3;
 
 #[derive(Default)]
 pub struct RecoveryStats {
@@ -145,8 +149,31 @@ impl Recovery {
         self.state.swap(UNAVAILABLE, Ordering::SeqCst) != UNAVAILABLE
     }
 
+    /// The log is not ready yet. Returns true when that is news (to be reported).
+    pub(crate) fn not_ready(&self) -> bool {
+        *self.connection.lock() = None;
+        self.state
+            .compare_exchange(UNKNOWN, NOT_READY, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Whether restores can read the log now.
+    pub fn ready(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == AVAILABLE
+    }
+
+    /// Whether the session still has to open the log (it was not ready).
+    pub(crate) fn pending(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == NOT_READY
+    }
+
+    /// The session ended: the next one opens the log again (a full broker restart may have taken
+    /// the stream's process down for a while).
     pub(crate) fn disconnected(&self) {
         *self.connection.lock() = None;
+        let _ = self
+            .state
+            .compare_exchange(AVAILABLE, UNKNOWN, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     pub(crate) fn connection(&self) -> Option<Arc<lapin::Connection>> {
