@@ -770,8 +770,13 @@ impl Node {
     /// One AMQP message, delivered through routing key `key`.
     pub(crate) async fn on_message(&self, body: &[u8], key: &str) {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let envelope = match wire::decode(body) {
-            Ok(envelope) => envelope,
+        let envelope = match wire::decode_unless_from(body, &self.uid) {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => {
+                // This server's own broadcast, back through its queue: dropped undecoded.
+                self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             Err(error) => return self.on_malformed(error),
         };
         let Envelope {
@@ -782,10 +787,6 @@ impl Node {
             key_seq,
             ..
         } = envelope;
-        if from == self.uid {
-            self.stats.own_ignored.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let verdict = self
             .tracker
             .lock()

@@ -268,23 +268,60 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
 }
 
 pub fn decode(body: &[u8]) -> Result<Envelope, DecodeError> {
+    // With no own uid to skip, every well-formed envelope comes back.
+    decode_unless_from(body, "")?.ok_or_else(|| DecodeError::Malformed("no envelope".into()))
+}
+
+/// Like [`decode`], but `None` without decoding the rest when the sender is `own_uid`: a server
+/// receives its own broadcasts back through its queue (RabbitMQ ignores AMQP's no-local), and
+/// building their packets only to drop them cost the consumer a decode per own message.
+pub fn decode_unless_from(body: &[u8], own_uid: &str) -> Result<Option<Envelope>, DecodeError> {
     #[derive(Deserialize)]
-    struct VersionOnly {
+    struct Header<'a> {
         v: u32,
+        #[serde(borrow)]
+        uid: std::borrow::Cow<'a, str>,
     }
     // Read the version first so a future layout is reported as such, not as garbage.
-    let version = rmp_serde::from_slice::<VersionOnly>(body)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?
-        .v;
-    if version != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(version));
+    let header =
+        rmp_serde::from_slice::<Header>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if header.v != PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(header.v));
     }
-    rmp_serde::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))
+    if !own_uid.is_empty() && header.uid == own_uid {
+        return Ok(None);
+    }
+    rmp_serde::from_slice(body)
+        .map(Some)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_envelopes_are_recognised_without_decoding_the_rest() {
+        let mut envelope = sample();
+        let body = encode(&envelope);
+        assert_eq!(decode_unless_from(&body, &envelope.uid), Ok(None));
+        assert_eq!(
+            decode_unless_from(&body, "someone-else"),
+            Ok(Some(envelope.clone()))
+        );
+        assert_eq!(decode(&body), Ok(envelope.clone()));
+        envelope.v = 99;
+        let future = encode(&envelope);
+        assert_eq!(
+            decode_unless_from(&future, &envelope.uid),
+            Err(DecodeError::UnsupportedVersion(99)),
+            "the version is checked first, whoever sent it"
+        );
+        assert!(matches!(
+            decode_unless_from(b"garbage", "a"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
 
     fn sample() -> Envelope {
         broadcast_of(vec![
