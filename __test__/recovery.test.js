@@ -5,6 +5,7 @@
 const { describe, it, after } = require('node:test');
 const assert = require('node:assert/strict');
 const amqplib = require('amqplib');
+const notepack = require('notepack.io');
 const { io: connectClient } = require('socket.io-client');
 const { Emitter } = require('..');
 const { TcpProxy } = require('./tcp-proxy');
@@ -299,6 +300,56 @@ describe('connection state recovery', { timeout: 120000 }, () => {
       assert.ok(used <= 50, `200 restores took ${used} scans of the log`);
       t.diagnostic(`200 restores took ${used} scans of the recovery log`);
     } finally {
+      await cluster.close();
+    }
+  });
+
+  it('a stored packet the restoring server cannot decode: not recovered, reported, nothing left behind', async () => {
+    const cluster = await recoveringCluster(2);
+    const connection = await amqplib.connect(AMQP_URL);
+    try {
+      const [a, b] = cluster.ios;
+      const errors = [];
+      b.of('/').adapter.on('error', (err) => errors.push(err.message));
+      await eventually(async () => (await a.of('/').adapter.serverCount()) === 2, 'two servers counted');
+      const x = await cluster.proxied();
+      const got = waitFor(x, 'hello', 'x to receive a stored packet');
+      a.emit('hello');
+      await got;
+      const oldId = x.id;
+      const { resume } = await moveClient(cluster, x, 1, 0);
+      // A record in the log (as a foreign or broken sender would write it) whose packet is garbage.
+      const forged = notepack.encode({
+        v: 1,
+        uid: 'forger',
+        nsp: '/',
+        message: {
+          type: 'broadcast',
+          data: {
+            target: { rooms: [], except: [] },
+            flags: { volatile: false, compress: null },
+            packet: ['2garbage'],
+            ack: null,
+            offset: `${Date.now()}-forger-1`,
+          },
+        },
+      });
+      const channel = await connection.createChannel();
+      channel.publish(cluster.exchangeName, 'recovery-log', forged);
+      await channel.close();
+      const back = waitFor(x, 'connect', 'x to reconnect', 10000);
+      await resume();
+      await back;
+      assert.equal(x.recovered, false, 'not recovered');
+      assert.notEqual(x.id, oldId);
+      assert.ok(
+        errors.some((message) => /a session was not restored/.test(message)),
+        `reported: ${errors.join(' | ')}`,
+      );
+      assert.equal(b.of('/').adapter.sids.has(oldId), false, 'the old id is not left in the room index');
+      assert.equal(b.of('/').adapter.rooms.has('r'), true, 'the new socket joined as a new one');
+    } finally {
+      await connection.close();
       await cluster.close();
     }
   });

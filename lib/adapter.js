@@ -269,24 +269,36 @@ class AmqpAdapter extends Adapter {
    */
   async restoreSession(pid, offset) {
     if (!this._recovery || typeof pid !== 'string' || typeof offset !== 'string' || !OFFSET_SHAPE.test(offset)) return null;
-    const found = await this._native.restoreSession(pid, offset);
-    if (!found || this._closed) return null;
-    // Same JS turn as the result: the socket enters the index and the recording of live packets
-    // ends together (src/recovery/recorder.rs), so nothing is lost or sent twice at the hand-off.
-    const finished = this._native.finishRestore(found.handle, found.sid, found.rooms);
-    if (!finished) return null;
-    this._joined(found.sid, found.rooms, finished.joined);
-    const missedPackets = [];
+    let found;
     try {
+      found = await this._native.restoreSession(pid, offset);
+    } catch (err) {
+      return this._notRestored(err);
+    }
+    if (!found || this._closed) return null;
+    let joined = false;
+    try {
+      // Same JS turn as the result: the socket enters the index and the recording of live packets
+      // ends together (src/recovery/recorder.rs), so nothing is lost or sent twice at the hand-off.
+      const finished = this._native.finishRestore(found.handle, found.sid, found.rooms);
+      if (!finished) return null;
+      this._joined(found.sid, found.rooms, finished.joined);
+      joined = true;
+      const missedPackets = [];
       for (const parts of found.packets) missedPackets.push(this._decodePacket(parts).data);
       for (const parts of finished.packets) missedPackets.push(this._decodePacket(parts).data);
+      return { sid: found.sid, pid, rooms: found.rooms, data: decodeValue(found.data), missedPackets };
     } catch (err) {
-      // A stored packet this server's parser cannot read (servers with different parsers).
-      this.delAll(found.sid);
-      this._cluster.reportError(new Error(`socket.io-amqp0-native: a session was not restored: ${err.message}`));
-      return null;
+      // E.g. a stored packet this server's parser cannot read (servers with different parsers).
+      if (joined) this.delAll(found.sid);
+      return this._notRestored(err);
     }
-    return { sid: found.sid, pid, rooms: found.rooms, data: decodeValue(found.data), missedPackets };
+  }
+
+  // A restore that failed unexpectedly: reported, and the client connects as a new one.
+  _notRestored(err) {
+    this._cluster.reportError(new Error(`socket.io-amqp0-native: a session was not restored: ${err.message}`));
+    return null;
   }
 
   // ---- work from other servers (see ClusterNode._route) ----------------------------------
