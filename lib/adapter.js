@@ -7,6 +7,7 @@
 const { Adapter } = require('socket.io-adapter');
 const { roomsView, sidsView } = require('./room-views');
 const { encodeValue, decodeValue } = require('./payload');
+const { isOffset } = require('./offsets');
 
 // Bits returned by the native index (src/room_index.rs).
 const ROOM_CREATED = 1;
@@ -17,9 +18,6 @@ const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
 const EVENT = 2; // socket.io-parser's PacketType.EVENT
-// Connection state recovery: offsets this adapter makes (see ClusterNode.nextOffset); anything
-// else a client sends is not looked up.
-const OFFSET_SHAPE = /^\d{1,20}-[0-9A-Za-z]{1,32}-\d{1,20}$/;
 
 class AmqpAdapter extends Adapter {
   constructor(nsp, cluster) {
@@ -268,7 +266,7 @@ class AmqpAdapter extends Adapter {
    * already used, expired, offset not in the log, or recovery unavailable. Never rejects.
    */
   async restoreSession(pid, offset) {
-    if (!this._recovery || typeof pid !== 'string' || typeof offset !== 'string' || !OFFSET_SHAPE.test(offset)) return null;
+    if (!this._recovery || typeof pid !== 'string' || !isOffset(offset)) return null;
     let found;
     try {
       found = await this._native.restoreSession(pid, offset);
@@ -280,7 +278,7 @@ class AmqpAdapter extends Adapter {
     try {
       // Same JS turn as the result: the socket enters the index and the recording of live packets
       // ends together (src/recovery/recorder.rs), so nothing is lost or sent twice at the hand-off.
-      const finished = this._native.finishRestore(found.handle, found.sid, found.rooms);
+      const finished = this._native.finishRestore(found.handle, found.sid);
       if (!finished) return null;
       this._joined(found.sid, found.rooms, finished.joined);
       joined = true;

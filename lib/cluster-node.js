@@ -4,6 +4,7 @@
 const native = require('./native');
 const { namespaceHandle } = require('./namespace-handle');
 const { urlProblem, brokerSettings, recoverySettings } = require('./options');
+const { OffsetSequence } = require('./offsets');
 
 const LOG_PREFIX = '[socket.io-amqp0-native]';
 
@@ -12,7 +13,7 @@ class ClusterNode {
   constructor(options, serverOptions) {
     this.options = options;
     this.recovery = recoverySettings(options, serverOptions);
-    this._offsets = 0;
+    this._offsets = null; // made with the first offset: it needs the native uid
     this.adapters = new Map(); // namespace name -> AmqpAdapter
     this.requests = new Map(); // request id -> { onReply(item), onDone(outcome) }
     this.closed = false;
@@ -52,14 +53,10 @@ class ClusterNode {
     queueMicrotask(this._sendQueued);
   }
 
-  /**
-   * Connection state recovery: a new packet offset, `<ms>-<uid>-<n>`: unique in the cluster,
-   * ordered per server, and carrying its send time, from which a restore starts reading the log.
-   */
+  /** Connection state recovery: the offset of this server's next stored packet (lib/offsets.js). */
   nextOffset() {
-    this._offsets += 1;
-    this._uid ??= this.native.uid;
-    return `${Date.now()}-${this._uid}-${this._offsets}`;
+    this._offsets ??= new OffsetSequence(this.native.uid);
+    return this._offsets.next();
   }
 
   get uid() {

@@ -7,6 +7,7 @@ const { EventEmitter } = require('node:events');
 const native = require('./native');
 const { normalizeOptions, urlProblem, brokerSettings } = require('./options');
 const { encodeValue } = require('./payload');
+const { OffsetSequence } = require('./offsets');
 
 const LOG_PREFIX = '[socket.io-amqp0-native emitter]';
 // Events a Socket.IO client reserves for itself (as Socket.IO's own emitters refuse them).
@@ -29,8 +30,7 @@ class Emitter {
     // Connection state recovery: broadcasts get offsets and a copy in the recovery log, so clients
     // that were disconnected receive them when they recover (the servers must have it on too).
     this._recoverable = Boolean(options.recoverable);
-    this._offsetId = `e${randomBytes(8).toString('hex')}`;
-    this._offsets = 0;
+    this._offsets = new OffsetSequence(`e${randomBytes(8).toString('hex')}`);
     this._native = new native.NativeEmitter(brokerSettings(options), ([kind, detail]) => this._onEvent(kind, detail));
     this._root = new BroadcastOperator(this, '/', new Set(), new Set(), {});
     this._closing = null;
@@ -58,12 +58,6 @@ class Emitter {
     return this._native.ready().catch((err) => {
       throw new Error(`socket.io-amqp0-native: ${err.message}`);
     });
-  }
-
-  // `<ms>-<id>-<n>`, the shape the servers' offsets have (lib/cluster-node.js nextOffset).
-  _nextOffset() {
-    this._offsets += 1;
-    return `${Date.now()}-${this._offsetId}-${this._offsets}`;
   }
 
   /** Sends what is still buffered, then closes the connection. */
@@ -180,7 +174,7 @@ class BroadcastOperator {
       throw new Error('socket.io-amqp0-native: the emitter does not support acknowledgements');
     }
     const data = [ev, ...args];
-    const offset = this._emitter._recoverable && !this._flags.volatile ? this._emitter._nextOffset() : undefined;
+    const offset = this._emitter._recoverable && !this._flags.volatile ? this._emitter._offsets.next() : undefined;
     if (offset) data.push(offset);
     const parts = toTransferable(this._emitter._encoder.encode({ type: EVENT, data, nsp: this._nsp }));
     this._emitter._native.broadcast(

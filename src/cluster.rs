@@ -230,9 +230,6 @@ pub struct Node {
     pub stats: Stats,
     /// Connection state recovery's log and restores, when the host turned it on.
     pub recovery: Option<Arc<Recovery>>,
-    /// Room routing: rooms bound for restores under way (count per room), and each restore's.
-    pinned_rooms: Mutex<HashMap<(String, String), usize>>,
-    restore_pins: Mutex<HashMap<u64, (String, Vec<String>)>>,
 }
 
 impl Node {
@@ -269,8 +266,6 @@ impl Node {
             panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
             recovery,
-            pinned_rooms: Mutex::default(),
-            restore_pins: Mutex::default(),
         })
     }
 
@@ -306,7 +301,7 @@ impl Node {
         if let Some(recovery) = &self.recovery {
             // The reader holds the node weakly: it must not keep a closed node alive.
             let publisher = Arc::downgrade(self);
-            let reporter = Arc::downgrade(self);
+            let reporter = publisher.clone();
             let publish = Arc::new(move |record: Message| {
                 if let Some(node) = publisher.upgrade() {
                     node.send(LOG_KEY.to_string(), "", record);
@@ -356,7 +351,8 @@ impl Node {
             .filter(|room| routable_room(nsp, room))
             .cloned()
             .collect();
-        self.pin_rooms(handle, nsp, &rooms);
+        self.rooms.pin(handle, nsp, rooms.clone());
+        self.rooms_changed(nsp, rooms.iter().map(String::as_str));
         self.rooms_bound().await;
         let more = match restored.resume_at {
             Some(from) => {
@@ -378,38 +374,11 @@ impl Node {
         }
     }
 
-    /// Rooms bound for a restore before its socket joins them (room routing).
-    fn pin_rooms(&self, handle: u64, nsp: &str, rooms: &[String]) {
-        {
-            let mut pinned = self.pinned_rooms.lock();
-            for room in rooms {
-                *pinned.entry((nsp.to_string(), room.clone())).or_default() += 1;
-            }
-        }
-        self.restore_pins
-            .lock()
-            .insert(handle, (nsp.to_string(), rooms.to_vec()));
-        self.rooms_changed(nsp, rooms.iter().map(String::as_str));
-    }
-
     /// Releases a restore's pinned rooms: those without members are unbound.
     fn unpin_rooms(&self, handle: u64) {
-        let Some((nsp, rooms)) = self.restore_pins.lock().remove(&handle) else {
-            return;
-        };
-        {
-            let mut pinned = self.pinned_rooms.lock();
-            for room in &rooms {
-                let key = (nsp.clone(), room.clone());
-                if let Some(count) = pinned.get_mut(&key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        pinned.remove(&key);
-                    }
-                }
-            }
+        if let Some((nsp, rooms)) = self.rooms.unpin(handle) {
+            self.rooms_changed(&nsp, rooms.iter().map(String::as_str));
         }
-        self.rooms_changed(&nsp, rooms.iter().map(String::as_str));
     }
 
     /// Puts a restored socket into the namespace's index (with room routing, its new rooms are
@@ -419,7 +388,11 @@ impl Node {
         ns: &Namespace,
         handle: u64,
         sid: &str,
-    ) -> Option<(crate::room_index::AddOutcome, Vec<Vec<PacketPart>>)> {
+    ) -> Option<(
+        crate::room_index::AddOutcome,
+        Vec<String>,
+        Vec<Vec<PacketPart>>,
+    )> {
         let finished = self
             .recovery
             .as_ref()?
@@ -498,16 +471,11 @@ impl Node {
     /// Whether `room` of `nsp` has local members, or a restore pinned it (so its key should be
     /// bound).
     pub(crate) fn has_room(&self, nsp: &str, room: &str) -> bool {
-        let pinned = || {
-            self.pinned_rooms
-                .lock()
-                .contains_key(&(nsp.to_string(), room.to_string()))
-        };
         let namespaces = self.namespaces.read();
         namespaces
             .get(nsp)
             .is_some_and(|ns| ns.index.lock().has_room(room))
-            || pinned()
+            || self.rooms.is_pinned(nsp, room)
     }
 
     /// Every (namespace, room) with local members.

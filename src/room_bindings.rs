@@ -34,6 +34,9 @@ pub(crate) struct RoomBindings {
     bound: Mutex<HashSet<RoomRef>>,
     /// namespace -> room -> when a `socketsJoin` last named it.
     recently_joined: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    /// Rooms a restore under way needs bound before its socket joins them (connection state
+    /// recovery), per restore: (namespace, rooms).
+    pins: Mutex<HashMap<u64, (String, Vec<String>)>>,
 }
 
 impl Default for RoomBindings {
@@ -45,6 +48,7 @@ impl Default for RoomBindings {
             changed: Notify::new(),
             bound: Mutex::default(),
             recently_joined: Mutex::default(),
+            pins: Mutex::default(),
         }
     }
 }
@@ -103,6 +107,23 @@ impl RoomBindings {
     /// Every bound room.
     pub(crate) fn all_bound(&self) -> Vec<RoomRef> {
         self.bound.lock().iter().cloned().collect()
+    }
+
+    /// Keeps `rooms` of `nsp` bound for restore `id` although no socket holds them yet.
+    pub(crate) fn pin(&self, id: u64, nsp: &str, rooms: Vec<String>) {
+        self.pins.lock().insert(id, (nsp.to_string(), rooms));
+    }
+
+    /// Releases restore `id`'s rooms; returns them (their bindings need a look).
+    pub(crate) fn unpin(&self, id: u64) -> Option<(String, Vec<String>)> {
+        self.pins.lock().remove(&id)
+    }
+
+    /// Whether a restore under way pinned `room` of `nsp`.
+    pub(crate) fn is_pinned(&self, nsp: &str, room: &str) -> bool {
+        let pins = self.pins.lock();
+        pins.values()
+            .any(|(n, rooms)| n == nsp && rooms.iter().any(|r| r == room))
     }
 
     pub(crate) fn is_bound(&self, room: &RoomRef) -> bool {

@@ -53,8 +53,8 @@ pub struct FoundSession {
     pub packets: Vec<Vec<JsPart>>,
 }
 
-/// `finishRestore`: as `addAll`'s result (slot, then one change per session room), and the live
-/// packets recorded for the socket since the scan.
+/// `finishRestore`: as `addAll`'s result (slot, then one change per room of the session, in the
+/// order `restoreSession` gave them), and the live packets recorded for the socket since the scan.
 #[napi(object)]
 pub struct FinishedRestore {
     pub joined: Uint32Array,
@@ -517,18 +517,13 @@ impl NativeNamespace {
         })
     }
 
-    /// Puts the restored socket into the index (as `addAll(sid, rooms)`, `rooms` being the
-    /// session's) and returns the live packets recorded for it since the scan; null when the
-    /// restore cannot finish (it was abandoned, or recorded too much).
+    /// Puts the restored socket into the index (as `addAll(sid, rooms)` with the session's rooms)
+    /// and returns the live packets recorded for it since the scan; null when the restore cannot
+    /// finish (it was abandoned, or recorded too much).
     #[napi(catch_unwind)]
-    pub fn finish_restore(
-        &self,
-        handle: f64,
-        sid: String,
-        rooms: Vec<String>,
-    ) -> Option<FinishedRestore> {
+    pub fn finish_restore(&self, handle: f64, sid: String) -> Option<FinishedRestore> {
         let node = self.node.as_ref()?;
-        let (outcome, packets) = node.finish_restore(&self.ns, handle as u64, &sid)?;
+        let (outcome, rooms, packets) = node.finish_restore(&self.ns, handle as u64, &sid)?;
         Some(FinishedRestore {
             joined: self.joined(outcome, &rooms),
             packets: packets.into_iter().map(to_js_parts).collect(),

@@ -286,8 +286,9 @@ impl Recovery {
         self.recorders.stop(recording);
     }
 
-    /// Puts the restored socket into `index` and returns the live packets for it recorded since
-    /// the scan (not already replayed), in arrival order. Done under the recorders' lock, which
+    /// Puts the restored socket into `index` (joining the session's rooms, returned with the
+    /// outcome) and returns the live packets for it recorded since the scan (not already
+    /// replayed), in arrival order. Done under the recorders' lock, which
     /// the consumer holds from recording a packet to filtering it: each packet is either recorded
     /// here or delivered live, never both, never neither. `None` when the restore is unknown (it
     /// expired) or recorded too much.
@@ -296,14 +297,14 @@ impl Recovery {
         recording: u64,
         sid: &str,
         index: &Mutex<RoomIndex>,
-    ) -> Option<(AddOutcome, Vec<Vec<PacketPart>>)> {
+    ) -> Option<(AddOutcome, Vec<String>, Vec<Vec<PacketPart>>)> {
         let mut recorders = self.recorders.lock();
         let rooms = recorders.rooms_of(recording)?;
         // Join first, then end the recording: the consumer does not lock the recorders once none
         // is active, so the socket must be in the index by then.
         let joined = index.lock().add_all(sid, &rooms);
         let (_, packets) = recorders.take(recording)?;
-        Some((joined, packets))
+        Some((joined, rooms, packets))
     }
 
     /// Whether any restore is recording live packets (the consumer's fast path).

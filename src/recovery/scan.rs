@@ -117,20 +117,6 @@ impl Scan {
         }
     }
 
-    /// Whether the fence was read: the scan has seen everything it needs.
-    pub fn done(&self) -> bool {
-        self.done
-    }
-
-    /// The next record of the log (records after the fence are ignored).
-    pub fn feed(&mut self, envelope: Envelope) {
-        if self.done {
-            return;
-        }
-        let Envelope { nsp, message, .. } = envelope;
-        for_each_message(message, |message| self.feed_message(&nsp, message));
-    }
-
     fn feed_message(&mut self, nsp: &str, message: Message) {
         if self.done {
             return;
@@ -247,9 +233,16 @@ impl Scan {
 }
 
 impl Reading for Scan {
+    /// The next record of the log (records after the fence are ignored).
     fn feed(&mut self, envelope: Envelope) {
-        Scan::feed(self, envelope);
+        if self.done {
+            return;
+        }
+        let Envelope { nsp, message, .. } = envelope;
+        for_each_message(message, |message| self.feed_message(&nsp, message));
     }
+
+    /// Whether the fence was read: the scan has seen everything it needs.
     fn done(&self) -> bool {
         self.done
     }
