@@ -14,6 +14,8 @@
 //! it: a broadcast with no local recipient is dropped, a fetch or ack broadcast with no local
 //! recipient is answered directly, heartbeats and late replies are handled here.
 
+use crate::bus::amqp::AmqpBus;
+use crate::bus::Bus;
 use crate::connection::panic_text;
 use crate::membership::Peers;
 use crate::outbox::Outbox;
@@ -32,6 +34,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The time, from tokio's clock: the real one, or in the protocol tests a paused one.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -198,6 +205,8 @@ pub struct Node {
     pub(crate) uid: String,
     pub(crate) queue: String,
     pub(crate) config: NodeConfig,
+    /// The broker (RabbitMQ; in the protocol tests, an in-memory bus).
+    pub(crate) bus: Arc<dyn Bus>,
     namespaces: RwLock<HashMap<String, Arc<Namespace>>>,
     /// Namespaces the host asked to serve: bound again by every new session.
     pub(crate) wanted: Mutex<BTreeSet<String>>,
@@ -234,6 +243,12 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: NodeConfig, waker: Waker) -> Arc<Node> {
+        let bus = Arc::new(AmqpBus::new(config.broker.clone()));
+        Node::with_bus(config, waker, bus)
+    }
+
+    /// A node on another bus than the broker of `config` (the protocol tests' in-memory one).
+    pub fn with_bus(config: NodeConfig, waker: Waker, bus: Arc<dyn Bus>) -> Arc<Node> {
         let uid = random_uid();
         let queue = format!("{}.{}.{}", config.queue_prefix, config.instance_name, uid);
         let (control, receiver) = mpsc::unbounded_channel();
@@ -243,6 +258,7 @@ impl Node {
             uid,
             queue,
             config,
+            bus,
             namespaces: RwLock::default(),
             wanted: Mutex::default(),
             bound: Mutex::default(),
@@ -558,15 +574,15 @@ impl Node {
         }
         match message {
             Message::SocketsJoin { rooms, .. } => {
-                self.rooms.joined_by_request(nsp, rooms, Instant::now());
+                self.rooms.joined_by_request(nsp, rooms, now());
                 None
             }
             Message::Broadcast {
                 target, ack: None, ..
             } if target.rooms.len() == 1 => {
                 let room = &target.rooms[0];
-                let routable = self.rooms.routable(nsp, room, Instant::now())
-                    && self.peers.lock().all_route_rooms(nsp);
+                let routable =
+                    self.rooms.routable(nsp, room, now()) && self.peers.lock().all_route_rooms(nsp);
                 routable.then(|| room_key(nsp, room)).flatten()
             }
             _ => None,
@@ -755,10 +771,7 @@ impl Node {
             key_seq,
             ..
         } = envelope;
-        let verdict = self
-            .tracker
-            .lock()
-            .observe(&from, key, seq, key_seq, Instant::now());
+        let verdict = self.tracker.lock().observe(&from, key, seq, key_seq, now());
         match verdict {
             Verdict::Duplicate => {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -811,7 +824,7 @@ impl Node {
 
     /// Handles one message of another server (or emitter) `from`, for namespace `nsp`.
     async fn dispatch(&self, from: &str, nsp: &str, message: Message) {
-        let now = Instant::now();
+        let now = now();
         match message {
             Message::Hello {
                 namespaces,
@@ -1046,12 +1059,12 @@ impl Node {
         let dead = self
             .peers
             .lock()
-            .expire(Instant::now(), self.config.heartbeat_timeout);
+            .expire(now(), self.config.heartbeat_timeout);
         for uid in dead {
             self.forget_server(&uid, Departure::Silent);
         }
         let memory = SENDER_MEMORY.max(self.config.queue_expiry * 2);
-        self.tracker.lock().expire(Instant::now(), memory);
+        self.tracker.lock().expire(now(), memory);
     }
 
     /// A server left: requests that still waited on it end, saying so.

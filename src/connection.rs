@@ -3,18 +3,15 @@
 //! backoff until `close()`. Every session re-declares the queue and binds the cluster key, the node's own key and
 //! every namespace the host wants, then says hello, so traffic resumes by itself.
 
+use crate::bus::{Deliveries, Endpoint, Link, LogError};
 use crate::cluster::{Control, Drained, Inbound, Node};
 use crate::outbox::{Outbox, MAX_BATCH};
 use crate::recovery::LOG_KEY;
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
-use crate::transport::{
-    connect_any, namespace_key, room_key, server_key, LogError, Transport, TransportConfig,
-    CLUSTER_KEY,
-};
+use crate::transport::{namespace_key, room_key, server_key, CLUSTER_KEY};
 use crate::wire::{self, Envelope, Message};
 use futures_lite::{future, FutureExt, StreamExt};
-use lapin::options::BasicAckOptions;
 use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,16 +49,16 @@ impl Node {
         let mut closing = self.closing.subscribe();
         let mut failures: u32 = 0;
         let mut ever_connected = false;
-        let mut preferred_url = 0;
         let mut last_error: String;
         loop {
-            let attempt = self.connect_any(&mut preferred_url, ever_connected);
+            let attempt = self.connect(ever_connected);
             let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
             else {
                 break;
             };
             match connected {
-                Ok((transport, consumer)) => {
+                Ok((link, deliveries)) => {
+                    let transport = &*link;
                     // After a lost connection, or after failed first attempts: either way the
                     // host has heard of trouble and now hears that it is over.
                     let reconnected = (ever_connected || failures > 0).then_some(failures + 1);
@@ -69,8 +66,8 @@ impl Node {
                     failures = 0;
                     let end = self
                         .session(
-                            &transport,
-                            consumer,
+                            transport,
+                            deliveries,
                             reconnected,
                             &mut control,
                             &mut closing,
@@ -82,9 +79,9 @@ impl Node {
                             // Whatever was emitted before close() still goes out, then the others
                             // stop counting this server, and its queue goes: nobody will come
                             // back for it.
-                            let _ = self.flush(&transport).await;
+                            let _ = self.flush(transport).await;
                             let goodbye = self.envelope("", Message::Goodbye);
-                            let _ = self.publish_counted(&transport, CLUSTER_KEY, goodbye).await;
+                            let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye).await;
                             if let Err(error) = transport.delete_queue().await {
                                 self.report(format!("{error}; the broker deletes it by itself once its expiry passes"));
                             }
@@ -123,45 +120,42 @@ impl Node {
         refuse_all(&mut control, "the adapter is closed");
     }
 
-    /// Tries each URL once, starting with the last one that worked. `queue_existed`: an earlier
-    /// session declared the queue (the transport then finds out whether it is still there).
-    async fn connect_any(
+    /// Connects (each URL once, the last one that worked first). `queue_existed`: an earlier
+    /// session declared the queue (the link then finds out whether it is still there).
+    async fn connect(
         &self,
-        preferred: &mut usize,
         queue_existed: bool,
-    ) -> Result<(Transport, lapin::Consumer), String> {
-        let broker = &self.config.broker;
-        let default_name = format!(
-            "socket.io-amqp0-native {} {}",
-            self.config.instance_name, self.uid
-        );
-        let config_for = |url: &str| TransportConfig {
+    ) -> Result<(Box<dyn Link>, Box<dyn Deliveries>), String> {
+        let endpoint = Endpoint {
+            connection_name: format!(
+                "socket.io-amqp0-native {} {}",
+                self.config.instance_name, self.uid
+            ),
             queue: Some(self.queue.clone()),
             prefetch: self.config.prefetch,
             initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
             queue_expiry: self.config.queue_expiry,
             queue_existed,
-            ..broker.transport(url, default_name.clone())
         };
-        let (transport, consumer) = connect_any(&broker.urls, preferred, config_for).await?;
-        Ok((
-            transport,
-            consumer.expect("a node's connection consumes its queue"),
-        ))
+        let connected = self.bus.connect(&endpoint).await?;
+        let deliveries = connected
+            .deliveries
+            .ok_or("the broker link of a server has no deliveries")?;
+        Ok((connected.link, deliveries))
     }
 
     /// One connected session: binds what the host wants, says hello, sends what waited during the
     /// outage, then serves publishes, bindings, heartbeats and the peer sweep until closed or lost.
     async fn session(
         self: &Arc<Self>,
-        transport: &Transport,
-        consumer: lapin::Consumer,
+        transport: &dyn Link,
+        deliveries: Box<dyn Deliveries>,
         reconnected_after: Option<u32>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         closing: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
         let (lost_tx, mut lost) = oneshot::channel();
-        tokio::spawn(self.clone().consume(consumer, lost_tx));
+        tokio::spawn(self.clone().consume(deliveries, lost_tx));
 
         // Only a queue an earlier session declared can be lost: a server whose first attempts
         // failed reconnects (`reconnected_after`) to a queue it never had.
@@ -233,7 +227,7 @@ impl Node {
     /// is reported once; recovery is then off (clients are not recovered) and the rest works. A
     /// log that is not ready (its stream still starting after a broker restart) is tried again
     /// with every heartbeat until it is.
-    async fn open_recovery_log(&self, transport: &Transport) {
+    async fn open_recovery_log(&self, transport: &dyn Link) {
         let Some(recovery) = &self.recovery else {
             return;
         };
@@ -242,7 +236,12 @@ impl Node {
             .declare_log(&config.stream, LOG_KEY, recovery.stream_arguments())
             .await;
         match declared {
-            Ok(()) => recovery.connected(transport.connection()),
+            Ok(()) => match transport.log_connection() {
+                Some(connection) => recovery.connected(connection),
+                None => {
+                    recovery.unavailable();
+                }
+            },
             Err(LogError::Unsupported(error)) => {
                 if recovery.unavailable() {
                     self.report(format!(
@@ -283,7 +282,7 @@ impl Node {
 
     /// Makes the queue's namespace bindings what the host wants: unbinds those released while
     /// offline (the queue kept them), binds every wanted one (again: binding is idempotent).
-    async fn bind_namespaces(&self, transport: &Transport) -> Result<(), String> {
+    async fn bind_namespaces(&self, transport: &dyn Link) -> Result<(), String> {
         let wanted: BTreeSet<String> = self.wanted.lock().clone();
         let stale: Vec<String> = self
             .queue_namespaces
@@ -302,7 +301,7 @@ impl Node {
         Ok(())
     }
 
-    async fn unbind_namespace(&self, transport: &Transport, nsp: &str) -> Result<(), String> {
+    async fn unbind_namespace(&self, transport: &dyn Link, nsp: &str) -> Result<(), String> {
         let key = namespace_key(nsp);
         transport.unbind(&key).await?;
         self.queue_namespaces.lock().remove(nsp);
@@ -311,7 +310,7 @@ impl Node {
         Ok(())
     }
 
-    async fn flush(&self, transport: &Transport) -> Result<(), String> {
+    async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
         flush(&self.outbox, transport, &self.stats.published).await
     }
 
@@ -320,7 +319,7 @@ impl Node {
     /// `generation` is in place.
     async fn sync_rooms(
         &self,
-        transport: &Transport,
+        transport: &dyn Link,
         rooms: Vec<RoomRef>,
         generation: u64,
     ) -> Result<(), String> {
@@ -348,7 +347,7 @@ impl Node {
         Ok(())
     }
 
-    async fn execute(&self, transport: &Transport, command: Control) -> Result<(), String> {
+    async fn execute(&self, transport: &dyn Link, command: Control) -> Result<(), String> {
         match command {
             Control::Bind { nsp, done } => {
                 self.wanted.lock().insert(nsp.clone());
@@ -423,7 +422,7 @@ impl Node {
     }
 
     /// Tells every server which namespaces this one serves (`hello` asks them to answer).
-    async fn announce(&self, transport: &Transport, hello: bool) -> Result<(), String> {
+    async fn announce(&self, transport: &dyn Link, hello: bool) -> Result<(), String> {
         let envelope = self.envelope("", self.announcement(hello));
         self.publish_counted(transport, CLUSTER_KEY, envelope).await
     }
@@ -431,7 +430,7 @@ impl Node {
     /// Publishes around the outbox (announcements, goodbye), numbered in publish order.
     async fn publish_counted(
         &self,
-        transport: &Transport,
+        transport: &dyn Link,
         key: &str,
         mut envelope: Envelope,
     ) -> Result<(), String> {
@@ -443,33 +442,32 @@ impl Node {
 
     async fn consume(
         self: Arc<Self>,
-        mut consumer: lapin::Consumer,
+        mut deliveries: Box<dyn Deliveries>,
         lost: oneshot::Sender<String>,
     ) {
         let ack_batch = (u32::from(self.config.prefetch) / 4).max(1);
-        let multiple = BasicAckOptions { multiple: true };
         let mut unacked = 0;
-        // The last delivery handled and not acknowledged yet: acking it acknowledges all before.
-        let mut to_ack: Option<lapin::message::Delivery> = None;
+        // Deliveries handled and not acknowledged yet.
+        let mut to_ack = false;
         let reason = loop {
-            let next = match future::poll_once(consumer.next()).await {
+            let next = match future::poll_once(deliveries.next()).await {
                 Some(next) => next,
-                None => match to_ack.take() {
-                    None => consumer.next().await,
+                None => match std::mem::take(&mut to_ack) {
+                    false => deliveries.next().await,
                     // Idle with deliveries handled but not acknowledged: acknowledge them once
                     // the queue has been quiet for IDLE_ACK_DELAY, not when more traffic comes
                     // (the queue outlives the connection, so they would be redelivered), and not
                     // at once either: at moderate rates the consumer is idle between almost every
                     // two deliveries, and an ack per delivery costs a hand-off to lapin's I/O
                     // thread and back per message.
-                    Some(delivery) => {
-                        match tokio::time::timeout(IDLE_ACK_DELAY, consumer.next()).await {
+                    true => {
+                        match tokio::time::timeout(IDLE_ACK_DELAY, deliveries.next()).await {
                             // More came: acknowledging it (or a later one) covers this one.
                             Ok(next) => next,
                             Err(_quiet) => {
                                 unacked = 0;
-                                let _ = delivery.ack(multiple).await;
-                                consumer.next().await
+                                deliveries.ack_delivered().await;
+                                deliveries.next().await
                             }
                         }
                     }
@@ -479,8 +477,7 @@ impl Node {
                 Some(Ok(delivery)) => {
                     // Panics in handling are contained per message (see `dispatch_contained`);
                     // this catches what is left (decoding) so the consumer always goes on.
-                    let key = delivery.routing_key.as_str();
-                    let handled = AssertUnwindSafe(self.on_message(&delivery.data, key))
+                    let handled = AssertUnwindSafe(self.on_message(&delivery.body, &delivery.key))
                         .catch_unwind()
                         .await;
                     if let Err(panic) = handled {
@@ -495,13 +492,13 @@ impl Node {
                     unacked += 1;
                     if unacked >= ack_batch {
                         unacked = 0;
-                        to_ack = None;
-                        let _ = delivery.ack(multiple).await;
+                        to_ack = false;
+                        deliveries.ack_delivered().await;
                     } else {
-                        to_ack = Some(delivery);
+                        to_ack = true;
                     }
                 }
-                Some(Err(error)) => break format!("the broker connection failed: {error}"),
+                Some(Err(error)) => break error,
                 None => break "the broker cancelled this server's consumer".to_string(),
             }
         };
@@ -558,7 +555,7 @@ const PUBLISHES_IN_FLIGHT: usize = 64;
 /// outbox, in order.
 pub(crate) async fn flush(
     outbox: &Outbox,
-    transport: &Transport,
+    transport: &dyn Link,
     published: &AtomicU64,
 ) -> Result<(), String> {
     loop {

@@ -16,10 +16,12 @@
 //! # Ok(()) }
 //! ```
 
+use crate::bus::amqp::AmqpBus;
+use crate::bus::{Bus, Endpoint, Link};
 use crate::connection::{backoff, closed, connect_unless_closed, flush, jitter_seed};
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
-use crate::transport::{connect_any, namespace_key, BrokerConfig, Transport};
+use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -47,6 +49,7 @@ pub type EventSink = Arc<dyn Fn(EmitterEvent) + Send + Sync>;
 pub struct Emitter {
     uid: String,
     config: BrokerConfig,
+    bus: Arc<dyn Bus>,
     outbox: Outbox,
     /// Dropped by `close()`: the sink may hold what keeps a host process alive.
     on_event: Mutex<Option<EventSink>>,
@@ -67,6 +70,7 @@ impl Emitter {
         let emitter = Arc::new(Emitter {
             uid: format!("emitter-{}", crate::cluster::random_uid()),
             outbox: Outbox::new(config.publish_buffer),
+            bus: Arc::new(AmqpBus::new(config.clone())),
             config,
             on_event: Mutex::new(Some(Arc::new(on_event))),
             first_outcome: watch::channel(None).0,
@@ -145,19 +149,18 @@ impl Emitter {
 
     async fn run(self: Arc<Self>) {
         let mut closing = self.closing.subscribe();
-        let mut preferred = 0;
         let mut failures = 0u32;
         let mut ever_connected = false;
-        let default_name = format!("socket.io-amqp0-native {}", self.uid);
-        let config_for = |url: &str| self.config.transport(url, default_name.clone());
+        let endpoint = Endpoint::publisher(format!("socket.io-amqp0-native {}", self.uid));
         loop {
-            let attempt = connect_any(&self.config.urls, &mut preferred, config_for);
+            let attempt = self.bus.connect(&endpoint);
             let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
             else {
                 break;
             };
             match connected {
-                Ok((transport, _)) => {
+                Ok(connected) => {
+                    let transport = &*connected.link;
                     if ever_connected {
                         self.report(EmitterEvent::Reconnected {
                             attempts: failures + 1,
@@ -172,7 +175,7 @@ impl Emitter {
                         }
                         first
                     });
-                    match self.session(&transport, &mut closing).await {
+                    match self.session(transport, &mut closing).await {
                         None => {
                             transport.close().await;
                             return;
@@ -220,7 +223,7 @@ impl Emitter {
     /// Sends the outbox until closed (`None`, after a final flush) or the connection fails.
     async fn session(
         &self,
-        transport: &Transport,
+        transport: &dyn Link,
         closing: &mut watch::Receiver<bool>,
     ) -> Option<String> {
         loop {
@@ -236,7 +239,7 @@ impl Emitter {
         }
     }
 
-    async fn flush(&self, transport: &Transport) -> Result<(), String> {
+    async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
         flush(&self.outbox, transport, &self.published).await
     }
 }

@@ -5,6 +5,7 @@
 //! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses
 //! [`emitter::Emitter`] with `default-features = false`.
 
+pub mod bus;
 pub mod cluster;
 mod connection;
 pub mod emitter;
@@ -22,3 +23,6 @@ pub mod wire;
 
 #[cfg(feature = "node")]
 mod bindings;
+
+#[cfg(test)]
+mod protocol_tests;

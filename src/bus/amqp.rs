@@ -1,0 +1,147 @@
+//! The bus over RabbitMQ: [`Transport`] (lapin) behind the seam's traits.
+
+use super::{Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing};
+use crate::transport::{connect_any, BrokerConfig, Transport, TransportConfig};
+use futures_lite::Stream;
+use lapin::options::BasicAckOptions;
+use lapin::Acker;
+use parking_lot::Mutex;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// RabbitMQ at the URLs of a [`BrokerConfig`].
+pub struct AmqpBus {
+    config: BrokerConfig,
+    /// The URL that worked last: tried first next time.
+    preferred: Mutex<usize>,
+}
+
+impl AmqpBus {
+    pub fn new(config: BrokerConfig) -> AmqpBus {
+        AmqpBus {
+            config,
+            preferred: Mutex::new(0),
+        }
+    }
+}
+
+impl Bus for AmqpBus {
+    fn connect<'a>(&'a self, endpoint: &'a Endpoint) -> BusFuture<'a, Result<Connected, String>> {
+        Box::pin(async move {
+            let config_for = |url: &str| TransportConfig {
+                queue: endpoint.queue.clone(),
+                prefetch: endpoint.prefetch,
+                initial_bindings: endpoint.initial_bindings.clone(),
+                queue_expiry: endpoint.queue_expiry,
+                queue_existed: endpoint.queue_existed,
+                ..self.config.transport(url, endpoint.connection_name.clone())
+            };
+            let mut preferred = *self.preferred.lock();
+            let connected = connect_any(&self.config.urls, &mut preferred, config_for).await;
+            *self.preferred.lock() = preferred;
+            let (transport, consumer) = connected?;
+            Ok(Connected {
+                link: Box::new(transport),
+                deliveries: consumer.map(|consumer| {
+                    Box::new(AmqpDeliveries {
+                        consumer,
+                        last: None,
+                    }) as Box<dyn Deliveries>
+                }),
+            })
+        })
+    }
+}
+
+impl Link for Transport {
+    fn bind<'a>(&'a self, key: &'a str) -> BusFuture<'a, Result<(), String>> {
+        Box::pin(Transport::bind(self, key))
+    }
+
+    fn unbind<'a>(&'a self, key: &'a str) -> BusFuture<'a, Result<(), String>> {
+        Box::pin(Transport::unbind(self, key))
+    }
+
+    fn rebind<'a>(&'a self, changes: &'a [(String, bool)]) -> BusFuture<'a, Result<(), String>> {
+        Box::pin(Transport::rebind(self, changes))
+    }
+
+    fn publish_all<'a>(
+        &'a self,
+        messages: &'a [Outgoing<'a>],
+    ) -> BusFuture<'a, Vec<Result<(), String>>> {
+        Box::pin(Transport::publish_all(self, messages))
+    }
+
+    fn publish<'a>(&'a self, key: &'a str, body: &'a [u8]) -> BusFuture<'a, Result<(), String>> {
+        Box::pin(Transport::publish(self, key, body))
+    }
+
+    fn queue_kept(&self) -> bool {
+        Transport::queue_kept(self)
+    }
+
+    fn queue_lost(&self) -> bool {
+        Transport::queue_lost(self)
+    }
+
+    fn declare_log<'a>(
+        &'a self,
+        stream: &'a str,
+        key: &'a str,
+        arguments: lapin::types::FieldTable,
+    ) -> BusFuture<'a, Result<(), LogError>> {
+        Box::pin(Transport::declare_log(self, stream, key, arguments))
+    }
+
+    fn log_connection(&self) -> Option<Arc<lapin::Connection>> {
+        Some(self.connection())
+    }
+
+    fn delete_queue(&self) -> BusFuture<'_, Result<(), String>> {
+        Box::pin(Transport::delete_queue(self))
+    }
+
+    fn close(&self) -> BusFuture<'_, ()> {
+        Box::pin(Transport::close(self))
+    }
+}
+
+/// A lapin consumer as [`Deliveries`]: keeps the acker of the last delivery, since one
+/// `multiple` ack of it acknowledges every one before.
+struct AmqpDeliveries {
+    consumer: lapin::Consumer,
+    last: Option<Acker>,
+}
+
+impl Stream for AmqpDeliveries {
+    type Item = Result<Delivery, String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        Pin::new(&mut this.consumer).poll_next(cx).map(|next| {
+            next.map(|delivery| match delivery {
+                Ok(delivery) => {
+                    this.last = Some(delivery.acker);
+                    Ok(Delivery {
+                        body: delivery.data,
+                        key: delivery.routing_key.to_string(),
+                    })
+                }
+                Err(error) => Err(format!("the broker connection failed: {error}")),
+            })
+        })
+    }
+}
+
+impl Deliveries for AmqpDeliveries {
+    fn ack_delivered(&mut self) -> BusFuture<'_, ()> {
+        let last = self.last.take();
+        Box::pin(async move {
+            if let Some(acker) = last {
+                let _ = acker.ack(BasicAckOptions { multiple: true }).await;
+            }
+        })
+    }
+}
