@@ -18,9 +18,9 @@
 
 use crate::bus::amqp::AmqpBus;
 use crate::bus::{Bus, Endpoint, Link};
-use crate::connection::{backoff, closed, connect_unless_closed, flush, jitter_seed};
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
+use crate::reconnect::{backoff, closed, connect_unless_closed, flush, jitter_seed};
 use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
@@ -68,7 +68,7 @@ impl Emitter {
         on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
     ) -> Arc<Emitter> {
         let emitter = Arc::new(Emitter {
-            uid: format!("emitter-{}", crate::cluster::random_uid()),
+            uid: format!("emitter-{}", crate::wire::random_uid()),
             outbox: Outbox::new(config.publish_buffer),
             bus: Arc::new(AmqpBus::new(config.clone())),
             config,

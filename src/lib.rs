@@ -1,17 +1,17 @@
 //! socket.io-amqp0-native: a Socket.IO v4 adapter over RabbitMQ.
 //!
-//! The core (`room_index`, `wire`, `transport`, `cluster`, `emitter`, ...) is plain Rust with no
+//! The core (`room_index`, `wire`, `transport`, `node`, `emitter`, ...) is plain Rust with no
 //! napi types, usable and testable without Node; `bindings`, built with the default `node` feature,
 //! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses
 //! [`emitter::Emitter`] with `default-features = false`.
 
 pub mod bus;
-pub mod cluster;
-mod connection;
 pub mod emitter;
 pub mod membership;
+pub mod node;
 mod outbox;
 pub mod packet;
+mod reconnect;
 pub mod recovery;
 pub mod requests;
 mod room_bindings;
@@ -23,6 +23,3 @@ pub mod wire;
 
 #[cfg(feature = "node")]
 mod bindings;
-
-#[cfg(test)]
-mod protocol_tests;

@@ -123,6 +123,9 @@ pub fn server_key(uid: &str) -> String {
 /// The routing key every server binds: hellos, heartbeats and goodbyes.
 pub const CLUSTER_KEY: &str = "cluster";
 
+/// The routing key that reaches the recovery log (see `recovery`).
+pub const LOG_KEY: &str = "recovery-log";
+
 /// Whether a server bound to `key` stays bound for as long as it serves it (namespace and server
 /// keys, not room keys), so a message it missed on that key is a loss (see `sequence.rs`).
 pub fn is_gap_checked_key(key: &str) -> bool {

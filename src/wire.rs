@@ -296,6 +296,22 @@ pub fn decode_unless_from(body: &[u8], own_uid: &str) -> Result<Option<Envelope>
         .map_err(|e| DecodeError::Malformed(e.to_string()))
 }
 
+/// 64 random bits as hex: the node's identity on the bus (and part of its queue name).
+pub(crate) fn random_uid() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::time::SystemTime;
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

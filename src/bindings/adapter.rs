@@ -1,7 +1,7 @@
 //! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
 use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
-use crate::cluster::{Drained, Namespace, Node, NodeConfig};
+use crate::node::{Drained, Namespace, Node, NodeConfig};
 use crate::recovery::{RecoveryConfig, SessionToPersist};
 use crate::room_index::AddOutcome;
 use crate::room_index::{RoomIndex, ROOM_CREATED, ROOM_DELETED};
@@ -144,7 +144,7 @@ pub struct RequestHandle {
     pub expected: u32,
 }
 
-/// One server's broker session (see `cluster::Node`).
+/// One server's broker session (see `node::Node`).
 #[napi]
 pub struct NativeNode {
     node: Arc<Node>,

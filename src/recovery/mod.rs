@@ -30,8 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// The routing key that reaches the recovery log.
-pub const LOG_KEY: &str = "recovery-log";
+pub use crate::transport::LOG_KEY;
 
 /// How the recovery log is kept.
 #[derive(Debug, Clone)]

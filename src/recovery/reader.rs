@@ -6,7 +6,7 @@
 
 use super::scan::{CatchUp, Reading, Restored, Scan, StoredPacket};
 use super::{now_ms, LogPublisher, Recovery, Reporter, MAX_REPLAYED};
-use crate::connection::closed;
+use crate::reconnect::closed;
 use crate::wire::{self, Message};
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -154,7 +154,7 @@ async fn catch_up(
 }
 
 fn new_fence_id() -> String {
-    format!("{:x}-{}", now_ms(), crate::cluster::random_uid())
+    format!("{:x}-{}", now_ms(), crate::wire::random_uid())
 }
 
 /// [`read`] on the session's connection, reporting failures (`clients`: how many restores wait).

@@ -1,45 +1,24 @@
-//! The node's connection lifecycle: connect (trying each broker URL in turn), run a session, and when
-//! the connection is lost, keep publishes in the outbox and reconnect with capped exponential
-//! backoff until `close()`. Every session re-declares the queue and binds the cluster key, the node's own key and
-//! every namespace the host wants, then says hello, so traffic resumes by itself.
+//! The node's connection lifecycle: connect (through the bus, each broker URL in turn), run a
+//! session, and when the connection is lost, keep publishes in the outbox and reconnect with
+//! capped exponential backoff until `close()`. Every session re-declares the queue and binds the
+//! cluster key, the node's own key and every namespace the host wants, then says hello, so
+//! traffic resumes by itself.
 
-use crate::bus::{Deliveries, Endpoint, Link, LogError};
-use crate::cluster::{Control, Drained, Inbound, Node};
-use crate::outbox::{Outbox, MAX_BATCH};
-use crate::recovery::LOG_KEY;
+use super::inbox::{Drained, Inbound};
+use super::{Control, Node};
+use crate::bus::{Deliveries, Endpoint, Link};
+use crate::reconnect::{backoff, closed, connect_unless_closed, flush, jitter_seed};
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{namespace_key, room_key, server_key, CLUSTER_KEY};
 use crate::wire::{self, Envelope, Message};
-use futures_lite::{future, FutureExt, StreamExt};
 use std::collections::BTreeSet;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// How long the queue must be quiet before the consumer acknowledges what it handled (see
-/// `consume`): short enough that a lost connection redelivers little, long enough that a steady
-/// stream is acknowledged in batches.
-const IDLE_ACK_DELAY: Duration = Duration::from_millis(50);
-
-/// Delay before reconnect attempt `failures` (1-based): doubling from `initial`, capped at `max`,
-/// with up to 20% taken off at random so servers that lost the broker together do not return in
-/// lockstep.
-pub(crate) fn backoff(
-    failures: u32,
-    initial: Duration,
-    max: Duration,
-    jitter_seed: u64,
-) -> Duration {
-    let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    let capped = doubled.min(max);
-    let jitter = (jitter_seed % 1000) as u32; // per mille
-    capped.saturating_sub(capped * jitter / 5000)
-}
-
-enum SessionEnd {
+pub(super) enum SessionEnd {
     Closed,
     Lost(String),
 }
@@ -122,7 +101,7 @@ impl Node {
 
     /// Connects (each URL once, the last one that worked first). `queue_existed`: an earlier
     /// session declared the queue (the link then finds out whether it is still there).
-    async fn connect(
+    pub(super) async fn connect(
         &self,
         queue_existed: bool,
     ) -> Result<(Box<dyn Link>, Box<dyn Deliveries>), String> {
@@ -146,7 +125,7 @@ impl Node {
 
     /// One connected session: binds what the host wants, says hello, sends what waited during the
     /// outage, then serves publishes, bindings, heartbeats and the peer sweep until closed or lost.
-    async fn session(
+    pub(super) async fn session(
         self: &Arc<Self>,
         transport: &dyn Link,
         deliveries: Box<dyn Deliveries>,
@@ -223,52 +202,9 @@ impl Node {
         }
     }
 
-    /// Connection state recovery: declares and binds the recovery log. A broker without streams
-    /// is reported once; recovery is then off (clients are not recovered) and the rest works. A
-    /// log that is not ready (its stream still starting after a broker restart) is tried again
-    /// with every heartbeat until it is.
-    async fn open_recovery_log(&self, transport: &dyn Link) {
-        let Some(recovery) = &self.recovery else {
-            return;
-        };
-        let config = &recovery.config;
-        let declared = transport
-            .declare_log(&config.stream, LOG_KEY, recovery.stream_arguments())
-            .await;
-        match declared {
-            Ok(()) => match transport.log_connection() {
-                Some(connection) => recovery.connected(connection),
-                None => {
-                    recovery.unavailable();
-                }
-            },
-            Err(LogError::Unsupported(error)) => {
-                if recovery.unavailable() {
-                    self.report(format!(
-                        "connection state recovery is off: {error} (it needs RabbitMQ 3.9 or later \
-                         with the stream_queue feature flag enabled)"
-                    ));
-                }
-            }
-            Err(LogError::NotReady(error)) => {
-                if recovery.not_ready() {
-                    self.report(format!(
-                        "the recovery log is not available yet ({error}): clients are not \
-                         recovered until it is; retrying"
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Whether this session still has to open the recovery log (see `open_recovery_log`).
-    fn recovery_log_pending(&self) -> bool {
-        self.recovery.as_ref().is_some_and(|r| r.pending())
-    }
-
     /// The queue was gone when this session connected: so are its bindings, and whatever was
     /// sent to it meanwhile. Gaps are counted as the senders' next messages arrive.
-    fn on_queue_lost(&self) {
+    pub(super) fn on_queue_lost(&self) {
         self.queue_namespaces.lock().clear();
         self.stats.queues_lost.fetch_add(1, Ordering::Relaxed);
         self.report(format!(
@@ -282,7 +218,7 @@ impl Node {
 
     /// Makes the queue's namespace bindings what the host wants: unbinds those released while
     /// offline (the queue kept them), binds every wanted one (again: binding is idempotent).
-    async fn bind_namespaces(&self, transport: &dyn Link) -> Result<(), String> {
+    pub(super) async fn bind_namespaces(&self, transport: &dyn Link) -> Result<(), String> {
         let wanted: BTreeSet<String> = self.wanted.lock().clone();
         let stale: Vec<String> = self
             .queue_namespaces
@@ -301,7 +237,11 @@ impl Node {
         Ok(())
     }
 
-    async fn unbind_namespace(&self, transport: &dyn Link, nsp: &str) -> Result<(), String> {
+    pub(super) async fn unbind_namespace(
+        &self,
+        transport: &dyn Link,
+        nsp: &str,
+    ) -> Result<(), String> {
         let key = namespace_key(nsp);
         transport.unbind(&key).await?;
         self.queue_namespaces.lock().remove(nsp);
@@ -310,14 +250,14 @@ impl Node {
         Ok(())
     }
 
-    async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
+    pub(super) async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
         flush(&self.outbox, transport, &self.stats.published).await
     }
 
     /// Room routing: binds the keys of the rooms among `rooms` that have local members and are
     /// not bound, unbinds those bound without members any more; then everything up to
     /// `generation` is in place.
-    async fn sync_rooms(
+    pub(super) async fn sync_rooms(
         &self,
         transport: &dyn Link,
         rooms: Vec<RoomRef>,
@@ -347,7 +287,11 @@ impl Node {
         Ok(())
     }
 
-    async fn execute(&self, transport: &dyn Link, command: Control) -> Result<(), String> {
+    pub(super) async fn execute(
+        &self,
+        transport: &dyn Link,
+        command: Control,
+    ) -> Result<(), String> {
         match command {
             Control::Bind { nsp, done } => {
                 self.wanted.lock().insert(nsp.clone());
@@ -378,7 +322,7 @@ impl Node {
 
     /// Waits `delay` without a broker. Publishes stay in the outbox; binds are remembered for the
     /// next session and refused now, so `init()` does not hang. False when closed.
-    async fn serve_offline(
+    pub(super) async fn serve_offline(
         &self,
         delay: Duration,
         last_error: &str,
@@ -406,7 +350,7 @@ impl Node {
         }
     }
 
-    fn on_connection_lost(&self, reason: String) {
+    pub(super) fn on_connection_lost(&self, reason: String) {
         if let Some(recovery) = &self.recovery {
             recovery.disconnected();
         }
@@ -422,13 +366,13 @@ impl Node {
     }
 
     /// Tells every server which namespaces this one serves (`hello` asks them to answer).
-    async fn announce(&self, transport: &dyn Link, hello: bool) -> Result<(), String> {
+    pub(super) async fn announce(&self, transport: &dyn Link, hello: bool) -> Result<(), String> {
         let envelope = self.envelope("", self.announcement(hello));
         self.publish_counted(transport, CLUSTER_KEY, envelope).await
     }
 
     /// Publishes around the outbox (announcements, goodbye), numbered in publish order.
-    async fn publish_counted(
+    pub(super) async fn publish_counted(
         &self,
         transport: &dyn Link,
         key: &str,
@@ -439,80 +383,6 @@ impl Node {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-
-    async fn consume(
-        self: Arc<Self>,
-        mut deliveries: Box<dyn Deliveries>,
-        lost: oneshot::Sender<String>,
-    ) {
-        let ack_batch = (u32::from(self.config.prefetch) / 4).max(1);
-        let mut unacked = 0;
-        // Deliveries handled and not acknowledged yet.
-        let mut to_ack = false;
-        let reason = loop {
-            let next = match future::poll_once(deliveries.next()).await {
-                Some(next) => next,
-                None => match std::mem::take(&mut to_ack) {
-                    false => deliveries.next().await,
-                    // Idle with deliveries handled but not acknowledged: acknowledge them once
-                    // the queue has been quiet for IDLE_ACK_DELAY, not when more traffic comes
-                    // (the queue outlives the connection, so they would be redelivered), and not
-                    // at once either: at moderate rates the consumer is idle between almost every
-                    // two deliveries, and an ack per delivery costs a hand-off to lapin's I/O
-                    // thread and back per message.
-                    true => {
-                        match tokio::time::timeout(IDLE_ACK_DELAY, deliveries.next()).await {
-                            // More came: acknowledging it (or a later one) covers this one.
-                            Ok(next) => next,
-                            Err(_quiet) => {
-                                unacked = 0;
-                                deliveries.ack_delivered().await;
-                                deliveries.next().await
-                            }
-                        }
-                    }
-                },
-            };
-            match next {
-                Some(Ok(delivery)) => {
-                    // Panics in handling are contained per message (see `dispatch_contained`);
-                    // this catches what is left (decoding) so the consumer always goes on.
-                    let handled = AssertUnwindSafe(self.on_message(&delivery.body, &delivery.key))
-                        .catch_unwind()
-                        .await;
-                    if let Err(panic) = handled {
-                        self.report(format!(
-                            "internal error while handling a delivery (dropped): {}",
-                            panic_text(&panic)
-                        ));
-                    }
-                    // Under load acks go out in batches (one frame acknowledges every delivery
-                    // up to this one), a quarter of the prefetch window at a time, so the window
-                    // never closes but the broker is not sent one ack per message.
-                    unacked += 1;
-                    if unacked >= ack_batch {
-                        unacked = 0;
-                        to_ack = false;
-                        deliveries.ack_delivered().await;
-                    } else {
-                        to_ack = true;
-                    }
-                }
-                Some(Err(error)) => break error,
-                None => break "the broker cancelled this server's consumer".to_string(),
-            }
-        };
-        let _ = lost.send(reason);
-    }
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Answers every waiting bind with `reason` (the node is closed).
@@ -525,111 +395,7 @@ fn refuse_all(control: &mut mpsc::UnboundedReceiver<Control>, reason: &str) {
     }
 }
 
-/// Awaits a connection attempt, unless `close()` is called meanwhile with nothing waiting to be
-/// sent: then `None`. With publishes waiting, the attempt may finish (it is bounded by the connect
-/// timeout) so they still go out.
-pub(crate) async fn connect_unless_closed<T>(
-    attempt: impl std::future::Future<Output = T>,
-    closing: &mut watch::Receiver<bool>,
-    outbox: &Outbox,
-) -> Option<T> {
-    tokio::pin!(attempt);
-    tokio::select! {
-        result = &mut attempt => Some(result),
-        _ = closed(closing) => {
-            if outbox.len() == 0 {
-                None
-            } else {
-                Some(attempt.await)
-            }
-        }
-    }
-}
-
-/// AMQP messages handed to lapin together (see [`flush`]).
-const PUBLISHES_IN_FLIGHT: usize = 64;
-
-/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`.
-/// Up to [`PUBLISHES_IN_FLIGHT`] messages go to lapin at once (messages to different rooms cannot
-/// share a batch, but they can share a hand-off). Publishes that fail go back to the front of the
-/// outbox, in order.
-pub(crate) async fn flush(
-    outbox: &Outbox,
-    transport: &dyn Link,
-    published: &AtomicU64,
-) -> Result<(), String> {
-    loop {
-        let mut envelopes = Vec::new();
-        while envelopes.len() < PUBLISHES_IN_FLIGHT {
-            match outbox.pop_batch(MAX_BATCH) {
-                Some(next) => envelopes.push(next),
-                None => break,
-            }
-        }
-        if envelopes.is_empty() {
-            return Ok(());
-        }
-        let bodies: Vec<(String, Vec<u8>, Option<&str>)> = envelopes
-            .iter()
-            .map(|(key, envelope)| {
-                // Storable packets also go to the recovery log, by the same publish.
-                let copy = envelope.message.recoverable() && key != LOG_KEY;
-                (key.clone(), wire::encode(envelope), copy.then_some(LOG_KEY))
-            })
-            .collect();
-        let results = transport.publish_all(&bodies).await;
-        let mut first_error = None;
-        let mut failed = Vec::new();
-        for ((key, envelope), result) in envelopes.into_iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                    failed.push((key, envelope));
-                }
-            }
-        }
-        if let Some(error) = first_error {
-            for (key, envelope) in failed.into_iter().rev() {
-                outbox.push_front(key, envelope);
-            }
-            return Err(error);
-        }
-    }
-}
-
 /// How often silent peers are looked for: often enough to notice a death soon after the timeout.
 fn sweep_period(heartbeat_timeout: Duration) -> Duration {
     (heartbeat_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
-}
-
-/// Resolves once `close()` has been called.
-pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|closing| *closing).await;
-}
-
-pub(crate) fn jitter_seed() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::BuildHasher;
-    RandomState::new().hash_one(Instant::now())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        assert_eq!(backoff(1, initial, max, 0), Duration::from_millis(100));
-        assert_eq!(backoff(2, initial, max, 0), Duration::from_millis(200));
-        assert_eq!(backoff(4, initial, max, 0), Duration::from_millis(800));
-        assert_eq!(backoff(10, initial, max, 0), max);
-        assert_eq!(backoff(1000, initial, max, 0), max);
-        let jittered = backoff(3, initial, max, 999);
-        assert!(jittered <= Duration::from_millis(400) && jittered >= Duration::from_millis(320));
-    }
 }

@@ -1,0 +1,147 @@
+//! The cluster protocol, run on the in-memory bus (`bus::memory`): several nodes in one process,
+//! on tokio's paused clock, so every interleaving a test sets up happens the same way on every
+//! run, and a heartbeat interval passes in no real time. No broker, no JS: the host is the test,
+//! draining what a node hands it.
+
+use crate::bus::memory::{MemoryBroker, MemoryBus};
+use crate::node::{Drained, Node, NodeConfig};
+use crate::transport::{namespace_key, BrokerConfig, CLUSTER_KEY};
+use crate::wire::{self, Message, PacketPart, Target, WriteFlags};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Heartbeats so rare that a test that converges has done it by hello and answer alone.
+const RARE_HEARTBEATS: Duration = Duration::from_secs(3600);
+
+fn config(room_routing: bool) -> NodeConfig {
+    let mut broker = BrokerConfig::new("memory://");
+    broker.reconnect_delay = Duration::from_millis(50);
+    broker.reconnect_delay_max = Duration::from_millis(200);
+    NodeConfig {
+        broker,
+        queue_prefix: "test".into(),
+        instance_name: "node".into(),
+        prefetch: 100,
+        max_pending_deliveries: 10_000,
+        heartbeat_interval: RARE_HEARTBEATS,
+        heartbeat_timeout: RARE_HEARTBEATS * 3,
+        room_routing,
+        queue_expiry: Duration::from_secs(60),
+        recovery: None,
+    }
+}
+
+/// One server: its node and how often it woke its host.
+struct Server {
+    node: Arc<Node>,
+    wakes: Arc<AtomicUsize>,
+}
+
+impl Server {
+    fn new(broker: &Arc<MemoryBroker>, config: NodeConfig) -> Server {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counter = wakes.clone();
+        let waker = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        });
+        let bus = Arc::new(MemoryBus(broker.clone()));
+        let node = Node::with_bus(config, waker, bus);
+        node.start();
+        Server { node, wakes }
+    }
+
+    /// A server serving `/`, started on `broker` (not awaited: see [`Server::serving`]).
+    async fn serving(broker: &Arc<MemoryBroker>, config: NodeConfig) -> Server {
+        let server = Server::new(broker, config);
+        // As the adapter does: the namespace's state exists before it is bound.
+        server.node.namespace("/");
+        server
+            .node
+            .bind_namespace("/")
+            .await
+            .expect("binding / on the in-memory bus");
+        server
+    }
+
+    fn count(&self, nsp: &str) -> usize {
+        self.node.server_count(nsp)
+    }
+
+    fn join(&self, sid: &str, rooms: &[&str]) {
+        let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
+        let ns = self.node.namespace("/");
+        let outcome = ns.index.lock().add_all(sid, &rooms);
+        let created = rooms
+            .iter()
+            .zip(&outcome.changes)
+            .filter(|(_, c)| **c & crate::room_index::ROOM_CREATED != 0)
+            .map(|(r, _)| r.as_str());
+        self.node.rooms_changed("/", created);
+    }
+
+    fn broadcast(&self, rooms: &[&str], text: &str) {
+        let message = Message::Broadcast {
+            target: target(rooms),
+            flags: WriteFlags::default(),
+            packet: vec![PacketPart::Text(text.into())],
+            ack: None,
+            offset: None,
+        };
+        self.node.publish("/", message);
+        self.node.send_queued();
+    }
+
+    fn drain(&self) -> Vec<Drained> {
+        self.node.drain()
+    }
+
+    /// The packets drained, as text (other work is dropped).
+    fn packets(&self) -> Vec<String> {
+        self.drain()
+            .into_iter()
+            .filter_map(|item| match item {
+                Drained::Broadcast { packet, .. } => match &packet[0] {
+                    PacketPart::Text(text) => Some(text.clone()),
+                    PacketPart::Binary(_) => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn target(rooms: &[&str]) -> Target {
+    Target {
+        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        except: Vec::new(),
+    }
+}
+
+/// Runs the other tasks until `done` holds, failing after `within` of (paused) time.
+async fn until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "not within {within:?} (virtual): {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Lets every task run until nothing is left to do now (time does not pass).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn all_count(servers: &[Server], expected: usize) -> bool {
+    servers.iter().all(|s| s.count("/") == expected)
+}
+
+mod delivery;
+mod membership;
+mod requests;

@@ -1,0 +1,138 @@
+//! What the node's and the emitter's connection loops share: the backoff between attempts, an
+//! attempt that `close()` may cut short, sending the outbox over a link, and panic messages.
+
+use crate::bus::Link;
+use crate::outbox::{Outbox, MAX_BATCH};
+use crate::transport::LOG_KEY;
+use crate::wire;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Delay before reconnect attempt `failures` (1-based): doubling from `initial`, capped at `max`,
+/// with up to 20% taken off at random so servers that lost the broker together do not return in
+/// lockstep.
+pub(crate) fn backoff(
+    failures: u32,
+    initial: Duration,
+    max: Duration,
+    jitter_seed: u64,
+) -> Duration {
+    let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    let capped = doubled.min(max);
+    let jitter = (jitter_seed % 1000) as u32; // per mille
+    capped.saturating_sub(capped * jitter / 5000)
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Awaits a connection attempt, unless `close()` is called meanwhile with nothing waiting to be
+/// sent: then `None`. With publishes waiting, the attempt may finish (it is bounded by the connect
+/// timeout) so they still go out.
+pub(crate) async fn connect_unless_closed<T>(
+    attempt: impl std::future::Future<Output = T>,
+    closing: &mut watch::Receiver<bool>,
+    outbox: &Outbox,
+) -> Option<T> {
+    tokio::pin!(attempt);
+    tokio::select! {
+        result = &mut attempt => Some(result),
+        _ = closed(closing) => {
+            if outbox.len() == 0 {
+                None
+            } else {
+                Some(attempt.await)
+            }
+        }
+    }
+}
+
+/// AMQP messages handed to lapin together (see [`flush`]).
+const PUBLISHES_IN_FLIGHT: usize = 64;
+
+/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`.
+/// Up to [`PUBLISHES_IN_FLIGHT`] messages go to lapin at once (messages to different rooms cannot
+/// share a batch, but they can share a hand-off). Publishes that fail go back to the front of the
+/// outbox, in order.
+pub(crate) async fn flush(
+    outbox: &Outbox,
+    transport: &dyn Link,
+    published: &AtomicU64,
+) -> Result<(), String> {
+    loop {
+        let mut envelopes = Vec::new();
+        while envelopes.len() < PUBLISHES_IN_FLIGHT {
+            match outbox.pop_batch(MAX_BATCH) {
+                Some(next) => envelopes.push(next),
+                None => break,
+            }
+        }
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let bodies: Vec<(String, Vec<u8>, Option<&str>)> = envelopes
+            .iter()
+            .map(|(key, envelope)| {
+                // Storable packets also go to the recovery log, by the same publish.
+                let copy = envelope.message.recoverable() && key != LOG_KEY;
+                (key.clone(), wire::encode(envelope), copy.then_some(LOG_KEY))
+            })
+            .collect();
+        let results = transport.publish_all(&bodies).await;
+        let mut first_error = None;
+        let mut failed = Vec::new();
+        for ((key, envelope), result) in envelopes.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                    failed.push((key, envelope));
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            for (key, envelope) in failed.into_iter().rev() {
+                outbox.push_front(key, envelope);
+            }
+            return Err(error);
+        }
+    }
+}
+
+/// Resolves once `close()` has been called.
+pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
+}
+
+pub(crate) fn jitter_seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    RandomState::new().hash_one(Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        assert_eq!(backoff(1, initial, max, 0), Duration::from_millis(100));
+        assert_eq!(backoff(2, initial, max, 0), Duration::from_millis(200));
+        assert_eq!(backoff(4, initial, max, 0), Duration::from_millis(800));
+        assert_eq!(backoff(10, initial, max, 0), max);
+        assert_eq!(backoff(1000, initial, max, 0), max);
+        let jittered = backoff(3, initial, max, 999);
+        assert!(jittered <= Duration::from_millis(400) && jittered >= Duration::from_millis(320));
+    }
+}
