@@ -164,8 +164,8 @@ class ClusterNode {
       }
       case 'reconnected':
         for (const adapter of this.adapters.values()) adapter._onReconnected();
-        if (!this._emitToListeners('reconnect', item.count)) {
-          console.warn(`${LOG_PREFIX} reconnected to the broker after ${item.count} attempt(s)`);
+        if (!this._emitToListeners('reconnect', item.attempts)) {
+          console.warn(`${LOG_PREFIX} reconnected to the broker after ${item.attempts} attempt(s)`);
         }
         break;
       case 'dropped':
@@ -175,10 +175,10 @@ class ClusterNode {
         break;
       case 'missed': {
         // A sequence gap: messages another server sent here never arrived. Always logged.
-        const info = { count: item.count, from: item.from, routingKey: item.message };
+        const info = { count: item.count, from: item.from, routingKey: item.routingKey };
         this._emitToListeners('missed', info);
         console.warn(
-          `${LOG_PREFIX} ${item.count} message(s) from ${item.from} to "${item.message}" never arrived (a broker restart or an expired queue)`,
+          `${LOG_PREFIX} ${item.count} message(s) from ${item.from} to "${item.routingKey}" never arrived (a broker restart or an expired queue)`,
         );
         break;
       }
@@ -188,7 +188,7 @@ class ClusterNode {
       case 'done': {
         const handler = this.requests.get(item.requestId);
         this.requests.delete(item.requestId);
-        handler?.onDone({ closed: false, timedOut: item.timedOut, answered: item.count, incomplete: item.message ?? null });
+        handler?.onDone({ closed: false, timedOut: item.timedOut, answered: item.answered, incomplete: item.incomplete ?? null });
         break;
       }
       default:

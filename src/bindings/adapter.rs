@@ -61,42 +61,85 @@ pub struct FinishedRestore {
     pub packets: Vec<Vec<JsPart>>,
 }
 
-/// One unit of work for the JS adapter; which fields are set depends on `kind`:
-/// - "broadcast": nsp, slots, packet, volatile, compress; with an ack also from, requestId, timeoutMs
-/// - "rooms": nsp, joined, rooms, ids, changes (room_index bits), one entry per change
-/// - "disconnectSockets": nsp, slots, close
-/// - "fetch": nsp, slots, from, requestId
-/// - "serverSideEmit": nsp, packet (the arguments); with an ack also from, requestId
-/// - "reply": requestId, replyTo ("fetch" | "serverSideEmit" | "clientCount" | "ack"), packet or count
-/// - "done": requestId, timedOut, count (servers that answered, when timed out or incomplete),
-///   message (when incomplete: which servers' answers are missing and why)
-/// - "error": message
-/// - "connectionLost": message (reconnecting)
-/// - "reconnected": count (attempts it took)
-/// - "dropped": count (oldest buffered publishes dropped since the last report)
-/// - "missed": from (the sender's uid), message (the routing key), count (messages that never
-///   arrived)
-#[napi(object)]
-#[derive(Default)]
-pub struct DrainedItem {
-    pub kind: String,
-    pub nsp: Option<String>,
-    pub slots: Option<Uint32Array>,
-    pub packet: Option<Vec<JsPart>>,
-    pub volatile: Option<bool>,
-    pub compress: Option<bool>,
-    pub from: Option<String>,
-    pub request_id: Option<u32>,
-    pub timeout_ms: Option<u32>,
-    pub joined: Option<bool>,
-    pub rooms: Option<Vec<String>>,
-    pub ids: Option<Vec<String>>,
-    pub changes: Option<Uint32Array>,
-    pub close: Option<bool>,
-    pub reply_to: Option<String>,
-    pub count: Option<u32>,
-    pub timed_out: Option<bool>,
-    pub message: Option<String>,
+/// One unit of work for the JS adapter, told apart by `kind` (the variant's name in camelCase).
+#[napi(discriminant = "kind", discriminant_case = "camelCase")]
+pub enum DrainedItem {
+    /// Write `packet` to the sockets at `slots`; with an ack request (`from`, `requestId`,
+    /// `timeoutMs`) report the client count and forward each client's reply.
+    Broadcast {
+        nsp: String,
+        slots: Uint32Array,
+        packet: Vec<JsPart>,
+        volatile: bool,
+        compress: Option<bool>,
+        from: Option<String>,
+        request_id: Option<u32>,
+        timeout_ms: Option<u32>,
+    },
+    /// A remote `socketsJoin`/`socketsLeave`, already applied: one entry per change in `rooms`,
+    /// `ids` and `changes` (room_index bits), for the room events.
+    Rooms {
+        nsp: String,
+        joined: bool,
+        rooms: Vec<String>,
+        ids: Vec<String>,
+        changes: Uint32Array,
+    },
+    DisconnectSockets {
+        nsp: String,
+        slots: Uint32Array,
+        close: bool,
+    },
+    /// Describe the sockets at `slots` and answer `from`'s request `requestId`.
+    Fetch {
+        nsp: String,
+        slots: Uint32Array,
+        from: String,
+        request_id: u32,
+    },
+    /// `packet` holds the arguments; with `from` and `requestId` the sender waits for a reply.
+    ServerSideEmit {
+        nsp: String,
+        packet: Vec<JsPart>,
+        from: Option<String>,
+        request_id: Option<u32>,
+    },
+    /// A reply to this server's request: `replyTo` is "fetch", "serverSideEmit", "ack" (with
+    /// `packet`) or "clientCount" (with `count`).
+    Reply {
+        request_id: u32,
+        reply_to: String,
+        packet: Option<Vec<JsPart>>,
+        count: Option<u32>,
+    },
+    /// The request ended: every answer arrived, it timed out (`answered` servers had), or it is
+    /// `incomplete` (which servers' answers are missing and why).
+    Done {
+        request_id: u32,
+        timed_out: bool,
+        answered: u32,
+        incomplete: Option<String>,
+    },
+    Error {
+        message: String,
+    },
+    /// The broker connection was lost (reconnecting).
+    ConnectionLost {
+        message: String,
+    },
+    Reconnected {
+        attempts: u32,
+    },
+    /// The oldest `count` buffered publishes were dropped since the last report.
+    Dropped {
+        count: u32,
+    },
+    /// `count` messages of sender `from` to `routingKey` never arrived.
+    Missed {
+        from: String,
+        routing_key: String,
+        count: u32,
+    },
 }
 
 #[napi(object)]
@@ -275,7 +318,7 @@ impl NativeNode {
 }
 
 fn to_js_item(item: Drained) -> DrainedItem {
-    let kind = |k: &str| k.to_string();
+    let saturating = |count: u64| count.min(u64::from(u32::MAX)) as u32;
     match item {
         Drained::Broadcast {
             nsp,
@@ -285,17 +328,15 @@ fn to_js_item(item: Drained) -> DrainedItem {
             ack,
         } => {
             let (from, ack) = ack.unzip();
-            DrainedItem {
-                kind: kind("broadcast"),
-                nsp: Some(nsp),
-                slots: Some(Uint32Array::new(slots)),
-                packet: Some(to_js_parts(packet)),
-                volatile: Some(flags.volatile),
+            DrainedItem::Broadcast {
+                nsp,
+                slots: Uint32Array::new(slots),
+                packet: to_js_parts(packet),
+                volatile: flags.volatile,
                 compress: flags.compress,
                 from,
                 request_id: ack.map(|a| a.request_id),
                 timeout_ms: ack.map(|a| a.timeout_ms),
-                ..Default::default()
             }
         }
         Drained::RoomsChanged {
@@ -311,35 +352,29 @@ fn to_js_item(item: Drained) -> DrainedItem {
                 ids.push(change.socket_id);
                 bits.push(u32::from(change.change));
             }
-            DrainedItem {
-                kind: kind("rooms"),
-                nsp: Some(nsp),
-                joined: Some(joined),
-                rooms: Some(rooms),
-                ids: Some(ids),
-                changes: Some(Uint32Array::new(bits)),
-                ..Default::default()
+            DrainedItem::Rooms {
+                nsp,
+                joined,
+                rooms,
+                ids,
+                changes: Uint32Array::new(bits),
             }
         }
-        Drained::DisconnectSockets { nsp, slots, close } => DrainedItem {
-            kind: kind("disconnectSockets"),
-            nsp: Some(nsp),
-            slots: Some(Uint32Array::new(slots)),
-            close: Some(close),
-            ..Default::default()
+        Drained::DisconnectSockets { nsp, slots, close } => DrainedItem::DisconnectSockets {
+            nsp,
+            slots: Uint32Array::new(slots),
+            close,
         },
         Drained::FetchSockets {
             nsp,
             slots,
             from,
             request_id,
-        } => DrainedItem {
-            kind: kind("fetch"),
-            nsp: Some(nsp),
-            slots: Some(Uint32Array::new(slots)),
-            from: Some(from),
-            request_id: Some(request_id),
-            ..Default::default()
+        } => DrainedItem::Fetch {
+            nsp,
+            slots: Uint32Array::new(slots),
+            from,
+            request_id,
         },
         Drained::ServerSideEmit {
             nsp,
@@ -347,13 +382,11 @@ fn to_js_item(item: Drained) -> DrainedItem {
             reply_to,
         } => {
             let (from, request_id) = reply_to.unzip();
-            DrainedItem {
-                kind: kind("serverSideEmit"),
-                nsp: Some(nsp),
-                packet: Some(to_js_parts(args)),
+            DrainedItem::ServerSideEmit {
+                nsp,
+                packet: to_js_parts(args),
                 from,
                 request_id,
-                ..Default::default()
             }
         }
         Drained::Reply {
@@ -369,13 +402,11 @@ fn to_js_item(item: Drained) -> DrainedItem {
                 Message::BroadcastAck { reply, .. } => ("ack", Some(reply), None),
                 other => unreachable!("not a reply: {other:?}"),
             };
-            DrainedItem {
-                kind: kind("reply"),
-                request_id: Some(request_id),
-                reply_to: Some(reply_to.into()),
+            DrainedItem::Reply {
+                request_id,
+                reply_to: reply_to.into(),
                 packet: packet.map(to_js_parts),
                 count,
-                ..Default::default()
             }
         }
         Drained::RequestDone {
@@ -383,40 +414,22 @@ fn to_js_item(item: Drained) -> DrainedItem {
             timed_out,
             answered,
             incomplete,
-        } => DrainedItem {
-            kind: kind("done"),
-            request_id: Some(request_id),
-            timed_out: Some(timed_out),
-            count: Some(answered),
-            message: incomplete,
-            ..Default::default()
+        } => DrainedItem::Done {
+            request_id,
+            timed_out,
+            answered,
+            incomplete,
         },
-        Drained::Error(message) => DrainedItem {
-            kind: kind("error"),
-            message: Some(message),
-            ..Default::default()
+        Drained::Error(message) => DrainedItem::Error { message },
+        Drained::Disconnected(message) => DrainedItem::ConnectionLost { message },
+        Drained::Reconnected { attempts } => DrainedItem::Reconnected { attempts },
+        Drained::Dropped { count } => DrainedItem::Dropped {
+            count: saturating(count),
         },
-        Drained::Disconnected(message) => DrainedItem {
-            kind: kind("connectionLost"),
-            message: Some(message),
-            ..Default::default()
-        },
-        Drained::Reconnected { attempts } => DrainedItem {
-            kind: kind("reconnected"),
-            count: Some(attempts),
-            ..Default::default()
-        },
-        Drained::Dropped { count } => DrainedItem {
-            kind: kind("dropped"),
-            count: Some(count.min(u32::MAX as u64) as u32),
-            ..Default::default()
-        },
-        Drained::Missed { from, key, count } => DrainedItem {
-            kind: kind("missed"),
-            from: Some(from),
-            message: Some(key),
-            count: Some(count.min(u32::MAX as u64) as u32),
-            ..Default::default()
+        Drained::Missed { from, key, count } => DrainedItem::Missed {
+            from,
+            routing_key: key,
+            count: saturating(count),
         },
     }
 }
