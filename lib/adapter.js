@@ -234,7 +234,8 @@ class AmqpAdapter extends Adapter {
     const withAck = typeof packet[packet.length - 1] === 'function';
     const ack = withAck ? packet.pop() : null;
     const args = encodeValue(packet);
-    const { requestId, expected } = this._native.serverSideEmit(args, withAck, this._options.requestsTimeout);
+    const ackTimeout = withAck ? this._options.requestsTimeout : undefined;
+    const { requestId, expected } = this._native.serverSideEmit(args, ackTimeout);
     if (!withAck) return;
     if (expected === 0) {
       queueMicrotask(() => ack(null, []));

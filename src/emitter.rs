@@ -24,7 +24,7 @@ use crate::reconnect::{backoff, closed, connect_unless_closed, flush, jitter_see
 use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -48,6 +48,10 @@ pub type EventSink = Arc<dyn Fn(EmitterEvent) + Send + Sync>;
 
 pub struct Emitter {
     uid: String,
+    /// Connection state recovery's offsets (`<ms>-<sender>-<n>`): this emitter's sender id and
+    /// how many it made.
+    offset_sender: String,
+    offsets_made: AtomicU64,
     config: BrokerConfig,
     bus: Arc<dyn Bus>,
     outbox: Outbox,
@@ -67,10 +71,24 @@ impl Emitter {
         config: BrokerConfig,
         on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
     ) -> Arc<Emitter> {
+        let bus = Arc::new(AmqpBus::new(config.clone()));
+        Emitter::start_on(bus, config, on_event)
+    }
+
+    /// Like [`start`](Self::start), on another bus than `config`'s broker (the tests' in-memory
+    /// one); `config` still sets the outbox and the reconnect delays.
+    pub fn start_on(
+        bus: Arc<dyn Bus>,
+        config: BrokerConfig,
+        on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
+    ) -> Arc<Emitter> {
+        let id = crate::wire::random_uid();
         let emitter = Arc::new(Emitter {
-            uid: format!("emitter-{}", crate::wire::random_uid()),
+            uid: format!("emitter-{id}"),
+            offset_sender: format!("e{id}"),
+            offsets_made: AtomicU64::new(0),
             outbox: Outbox::new(config.publish_buffer),
-            bus: Arc::new(AmqpBus::new(config.clone())),
+            bus,
             config,
             on_event: Mutex::new(Some(Arc::new(on_event))),
             first_outcome: watch::channel(None).0,
@@ -114,6 +132,7 @@ impl Emitter {
             nsp: nsp.to_string(),
             target: Target::default(),
             flags: WriteFlags::default(),
+            recoverable: false,
         }
     }
 
@@ -138,6 +157,12 @@ impl Emitter {
             let _ = task.await;
         }
         self.on_event.lock().take();
+    }
+
+    /// A new offset for a stored broadcast (connection state recovery).
+    fn next_offset(&self) -> String {
+        let n = self.offsets_made.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{}-{n}", crate::recovery::now_ms(), self.offset_sender)
     }
 
     fn report(&self, event: EmitterEvent) {
@@ -250,9 +275,29 @@ pub struct Broadcast<'a> {
     nsp: String,
     target: Target,
     flags: WriteFlags,
+    recoverable: bool,
 }
 
 impl Broadcast<'_> {
+    /// Narrows to `target` (rooms and exceptions) at once.
+    pub fn target(mut self, target: Target) -> Self {
+        self.target = target;
+        self
+    }
+
+    pub fn flags(mut self, flags: WriteFlags) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Connection state recovery: the packet gets an offset (as its last argument) and a copy in
+    /// the servers' recovery log, so a client that was disconnected when it was sent still gets
+    /// it when its session is restored. Not for volatile packets.
+    pub fn recoverable(mut self) -> Self {
+        self.recoverable = true;
+        self
+    }
+
     pub fn to(mut self, room: &str) -> Self {
         self.target.rooms.push(room.to_string());
         self
@@ -276,18 +321,32 @@ impl Broadcast<'_> {
     /// `emit(event, ...args)` to the target sockets, encoded as socket.io-parser does (servers
     /// with a custom parser need a sender that uses it: `emit_parts`).
     pub fn emit(self, event: &str, args: &[Arg]) {
-        let packet = packet::event(&self.nsp, event, args);
-        self.emit_parts(packet);
+        let offset = (self.recoverable && !self.flags.volatile).then(|| self.emitter.next_offset());
+        let packet = match &offset {
+            Some(offset) => {
+                let mut args = args.to_vec();
+                args.push(Arg::string(offset));
+                packet::event(&self.nsp, event, &args)
+            }
+            None => packet::event(&self.nsp, event, args),
+        };
+        self.emit_encoded(packet, offset);
     }
 
     /// Sends an already encoded packet (one text or binary part per engine message).
     pub fn emit_parts(self, packet: Vec<PacketPart>) {
+        self.emit_encoded(packet, None);
+    }
+
+    /// Sends an already encoded packet whose last argument is `offset` (a stored broadcast: see
+    /// [`recoverable`](Self::recoverable)), or without one.
+    pub fn emit_encoded(self, packet: Vec<PacketPart>, offset: Option<String>) {
         let message = Message::Broadcast {
             target: self.target,
             flags: self.flags,
             packet,
             ack: None,
-            offset: None,
+            offset,
         };
         self.emitter.publish(&self.nsp, message);
     }

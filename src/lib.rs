@@ -5,6 +5,13 @@
 //! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses
 //! [`emitter::Emitter`] with `default-features = false`.
 
+// No unsafe code of our own (the FFI code napi-derive generates is napi's).
+#![deny(unsafe_code)]
+#![warn(rust_2018_idioms)]
+// A panic in the addon is caught and reported, but it still costs the message or the call: an
+// `expect` outside tests names the invariant it relies on, and `unwrap` is not used at all.
+#![warn(clippy::unwrap_used, clippy::dbg_macro, clippy::todo)]
+
 pub mod bus;
 pub mod emitter;
 pub mod membership;

@@ -38,7 +38,7 @@ impl<'de> Deserialize<'de> for PacketPart {
         struct PartVisitor;
         impl<'de> Visitor<'de> for PartVisitor {
             type Value = PacketPart;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string or a binary chunk")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
@@ -251,7 +251,7 @@ pub enum DecodeError {
 }
 
 impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Malformed(reason) => write!(f, "malformed message: {reason}"),
             DecodeError::UnsupportedVersion(v) => write!(
@@ -284,7 +284,7 @@ pub fn decode_unless_from(body: &[u8], own_uid: &str) -> Result<Option<Envelope>
     }
     // Read the version first so a future layout is reported as such, not as garbage.
     let header =
-        rmp_serde::from_slice::<Header>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        rmp_serde::from_slice::<Header<'_>>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if header.v != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion(header.v));
     }

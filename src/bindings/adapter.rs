@@ -1,20 +1,16 @@
 //! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
 use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
-use crate::node::{Drained, Namespace, Node, NodeConfig};
+use crate::node::{Drained, Joined, NamespaceHandle, Node, NodeConfig, RequestSent};
 use crate::recovery::{RecoveryConfig, SessionToPersist};
-use crate::room_index::AddOutcome;
-use crate::room_index::{RoomIndex, ROOM_CREATED, ROOM_DELETED};
-use crate::wire::{AckRequest, Message, Target, WriteFlags};
+use crate::room_index::RoomIndex;
+use crate::wire::{Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The `add_all` change bit (beside room_index's) for a room whose binding is on its way.
-const BINDING_PENDING: u32 = 4;
 
 /// Validated options (index.js checks types and fills defaults before calling).
 #[napi(object)]
@@ -240,8 +236,7 @@ impl NativeNode {
     #[napi(catch_unwind)]
     pub fn namespace(&self, name: String) -> NativeNamespace {
         NativeNamespace {
-            node: Some(self.node.clone()),
-            ns: self.node.namespace(&name),
+            handle: NamespaceHandle::of(&self.node, &name),
         }
     }
 
@@ -434,35 +429,35 @@ fn to_js_item(item: Drained) -> DrainedItem {
     }
 }
 
-/// One namespace's room index on this server, and its cluster operations.
+/// One namespace's room index on this server, and its cluster operations (see
+/// `node::NamespaceHandle`): conversions only.
 #[napi]
 pub struct NativeNamespace {
-    /// `None` for a namespace whose server has no usable broker session: it serves locally only.
-    node: Option<Arc<Node>>,
-    ns: Arc<Namespace>,
+    handle: NamespaceHandle,
 }
 
 impl NativeNamespace {
     fn index(&self) -> parking_lot::MutexGuard<'_, RoomIndex> {
-        self.ns.index.lock()
+        self.handle.index()
     }
+}
 
-    fn publish(&self, message: Message) {
-        if let Some(node) = &self.node {
-            node.publish(&self.ns.name, message);
-        }
-    }
+fn target(rooms: Vec<String>, except: Vec<String>) -> Target {
+    Target { rooms, except }
+}
 
-    fn reply(&self, to: &str, message: Message) {
-        if let Some(node) = &self.node {
-            node.reply(to, &self.ns.name, message);
-        }
-    }
+/// `addAll`'s answer: `[slot, change(room0), change(room1), ...]`.
+fn joined(joined: Joined) -> Uint32Array {
+    let mut out = Vec::with_capacity(joined.changes.len() + 1);
+    out.push(joined.slot);
+    out.extend(joined.changes.into_iter().map(u32::from));
+    Uint32Array::new(out)
+}
 
-    fn rooms_changed<'a>(&self, rooms: impl IntoIterator<Item = &'a str>) {
-        if let Some(node) = &self.node {
-            node.rooms_changed(&self.ns.name, rooms);
-        }
+fn request_handle(sent: RequestSent) -> RequestHandle {
+    RequestHandle {
+        request_id: sent.request_id,
+        expected: sent.expected as u32,
     }
 }
 
@@ -472,18 +467,14 @@ impl NativeNamespace {
     #[napi(factory, catch_unwind)]
     pub fn standalone() -> Self {
         NativeNamespace {
-            node: None,
-            ns: Arc::new(Namespace {
-                name: String::new(),
-                index: parking_lot::Mutex::new(RoomIndex::new()),
-            }),
+            handle: NamespaceHandle::standalone(),
         }
     }
 
     /// The local sockets a target matches (Socket.IO's `apply`), as slots.
     #[napi(catch_unwind)]
     pub fn recipients(&self, rooms: Vec<String>, except: Vec<String>) -> Uint32Array {
-        Uint32Array::new(self.index().recipients(&Target { rooms, except }))
+        Uint32Array::new(self.handle.recipients(&target(rooms, except)))
     }
 
     /// Returns `[slot, change(room0), change(room1), ...]` (ROOM_CREATED=1 | SOCKET_JOINED=2, and
@@ -491,32 +482,28 @@ impl NativeNamespace {
     /// resolves once it is in place).
     #[napi(catch_unwind)]
     pub fn add_all(&self, id: String, rooms: Vec<String>) -> Uint32Array {
-        let outcome = self.index().add_all(&id, &rooms);
-        self.joined(outcome, &rooms)
+        joined(self.handle.add_all(&id, &rooms))
     }
 
     /// Connection state recovery: writes the session of a socket that disconnected (sent with the
     /// next `sendQueued`, or by `close()`).
     #[napi(catch_unwind)]
     pub fn persist_session(&self, sid: String, pid: String, rooms: Vec<String>, data: Vec<JsPart>) {
-        if let Some(node) = &self.node {
-            let data = from_js_parts(data);
-            let session = SessionToPersist {
-                sid,
-                pid,
-                rooms,
-                data,
-            };
-            node.persist_session(&self.ns.name, session);
-        }
+        let data = from_js_parts(data);
+        let session = SessionToPersist {
+            sid,
+            pid,
+            rooms,
+            data,
+        };
+        self.handle.persist_session(session);
     }
 
     /// Connection state recovery: the session `pid` and the packets its client missed since
     /// `offset`, or null. Call `finishRestore(handle, sid)` in the same JS turn as the result.
     #[napi(catch_unwind)]
     pub async fn restore_session(&self, pid: String, offset: String) -> Option<FoundSession> {
-        let node = self.node.as_ref()?;
-        let (handle, restored) = node.restore_session(&self.ns.name, &pid, &offset).await?;
+        let (handle, restored) = self.handle.restore_session(&pid, &offset).await?;
         Some(FoundSession {
             handle: handle as f64,
             sid: restored.sid,
@@ -535,58 +522,23 @@ impl NativeNamespace {
     /// finish (it was abandoned, or recorded too much).
     #[napi(catch_unwind)]
     pub fn finish_restore(&self, handle: f64, sid: String) -> Option<FinishedRestore> {
-        let node = self.node.as_ref()?;
-        let (outcome, rooms, packets) = node.finish_restore(&self.ns, handle as u64, &sid)?;
+        let (added, packets) = self.handle.finish_restore(handle as u64, &sid)?;
         Some(FinishedRestore {
-            joined: self.joined(outcome, &rooms),
+            joined: joined(added),
             packets: packets.into_iter().map(to_js_parts).collect(),
         })
     }
-}
 
-impl NativeNamespace {
-    /// `addAll`'s answer: `[slot, change(room0), ...]`, flagging created rooms whose binding is on
-    /// its way (room routing) and asking for those bindings.
-    fn joined(&self, outcome: AddOutcome, rooms: &[String]) -> Uint32Array {
-        let mut out = Vec::with_capacity(rooms.len() + 1);
-        out.push(outcome.slot);
-        out.extend(outcome.changes.iter().map(|&change| u32::from(change)));
-        if let Some(node) = &self.node {
-            let nsp = &self.ns.name;
-            let mut created = Vec::new();
-            for (room, change) in rooms.iter().zip(&mut out[1..]) {
-                if *change & u32::from(ROOM_CREATED) != 0 && node.routes_room(nsp, room) {
-                    *change |= BINDING_PENDING;
-                    created.push(room.as_str());
-                }
-            }
-            node.rooms_changed(nsp, created);
-        }
-        Uint32Array::new(out)
-    }
-}
-
-#[napi]
-impl NativeNamespace {
     /// SOCKET_LEFT=1 | ROOM_DELETED=2.
     #[napi(catch_unwind)]
     pub fn del(&self, id: String, room: String) -> u32 {
-        let change = self.index().del(&id, &room);
-        if change & ROOM_DELETED != 0 {
-            self.rooms_changed([room.as_str()]);
-        }
-        change.into()
+        self.handle.del(&id, &room).into()
     }
 
     #[napi(catch_unwind)]
     pub fn del_all(&self, id: String) -> Option<SocketRemoval> {
-        let (slot, departures) = self.index().del_all(&id)?;
-        let (rooms, deleted): (Vec<String>, Vec<bool>) = departures
-            .into_iter()
-            .map(|d| (d.room.to_string(), d.room_deleted))
-            .unzip();
-        let gone = rooms.iter().zip(&deleted);
-        self.rooms_changed(gone.filter(|(_, d)| **d).map(|(room, _)| room.as_str()));
+        let (slot, left) = self.handle.del_all(&id)?;
+        let (rooms, deleted) = left.into_iter().unzip();
         Some(SocketRemoval {
             slot,
             rooms,
@@ -641,17 +593,13 @@ impl NativeNamespace {
     /// at once otherwise, or without a connection). Never rejects.
     #[napi(catch_unwind)]
     pub async fn rooms_bound(&self) {
-        if let Some(node) = &self.node {
-            node.rooms_bound().await;
-        }
+        self.handle.rooms_bound().await;
     }
 
     /// Servers serving this namespace, this one included.
     #[napi(catch_unwind)]
     pub fn server_count(&self) -> u32 {
-        self.node
-            .as_ref()
-            .map_or(1, |node| node.server_count(&self.ns.name) as u32)
+        self.handle.server_count() as u32
     }
 
     /// Publishes the packet to the other servers (unless `local_only`) and returns the slots of the
@@ -669,28 +617,13 @@ impl NativeNamespace {
         local_only: bool,
         offset: Option<String>,
     ) -> Uint32Array {
-        let target = Target { rooms, except };
-        let local = self.index().recipients(&target);
-        if !local_only {
-            // socket.emit() with recovery on: a packet for one local socket goes to the log only.
-            let to_own_socket_only = offset.is_some()
-                && target.except.is_empty()
-                && target.rooms.len() == 1
-                && local.len() == 1
-                && self.index().has_socket(&target.rooms[0]);
-            let message = Message::Broadcast {
-                target,
-                flags: WriteFlags { volatile, compress },
-                packet: from_js_parts(packet),
-                ack: None,
-                offset,
-            };
-            match (&self.node, to_own_socket_only) {
-                (Some(node), true) => node.publish_to_log(&self.ns.name, message),
-                _ => self.publish(message),
-            }
-        }
-        Uint32Array::new(local)
+        let packet = from_js_parts(packet);
+        let flags = WriteFlags { volatile, compress };
+        let target = target(rooms, except);
+        Uint32Array::new(
+            self.handle
+                .broadcast(packet, target, flags, local_only, offset),
+        )
     }
 
     /// Publishes a broadcast whose client counts and acks come back to this server until
@@ -705,43 +638,26 @@ impl NativeNamespace {
         compress: Option<bool>,
         timeout_ms: u32,
     ) -> u32 {
-        let Some(node) = &self.node else { return 0 };
         let packet = from_js_parts(packet);
-        let timeout = Duration::from_millis(timeout_ms.into());
-        node.open_ended_request(&self.ns.name, timeout, |request_id| Message::Broadcast {
-            target: Target { rooms, except },
-            flags: WriteFlags { volatile, compress },
-            packet,
-            ack: Some(AckRequest {
-                request_id,
-                timeout_ms,
-            }),
-            offset: None,
-        })
+        let flags = WriteFlags { volatile, compress };
+        let target = target(rooms, except);
+        self.handle
+            .broadcast_with_ack(packet, target, flags, timeout_ms)
     }
 
     #[napi(catch_unwind)]
     pub fn sockets_join(&self, rooms: Vec<String>, except: Vec<String>, join: Vec<String>) {
-        let target = Target { rooms, except };
-        self.publish(Message::SocketsJoin {
-            target,
-            rooms: join,
-        });
+        self.handle.sockets_join(target(rooms, except), join);
     }
 
     #[napi(catch_unwind)]
     pub fn sockets_leave(&self, rooms: Vec<String>, except: Vec<String>, leave: Vec<String>) {
-        let target = Target { rooms, except };
-        self.publish(Message::SocketsLeave {
-            target,
-            rooms: leave,
-        });
+        self.handle.sockets_leave(target(rooms, except), leave);
     }
 
     #[napi(catch_unwind)]
     pub fn disconnect_sockets(&self, rooms: Vec<String>, except: Vec<String>, close: bool) {
-        let target = Target { rooms, except };
-        self.publish(Message::DisconnectSockets { target, close });
+        self.handle.disconnect_sockets(target(rooms, except), close);
     }
 
     #[napi(catch_unwind)]
@@ -751,80 +667,51 @@ impl NativeNamespace {
         except: Vec<String>,
         timeout_ms: u32,
     ) -> RequestHandle {
-        self.request(timeout_ms, |request_id| Message::FetchSockets {
-            request_id,
-            target: Target { rooms, except },
-        })
+        let timeout = millis(timeout_ms);
+        request_handle(self.handle.fetch_sockets(target(rooms, except), timeout))
     }
 
-    /// Without `with_ack` the emit is fire-and-forget and the handle is empty.
+    /// `ackTimeoutMs` absent: fire-and-forget, and the handle is empty.
     #[napi(catch_unwind)]
     pub fn server_side_emit(
         &self,
         args: Vec<JsPart>,
-        with_ack: bool,
-        timeout_ms: u32,
+        ack_timeout_ms: Option<u32>,
     ) -> RequestHandle {
         let args = from_js_parts(args);
-        if !with_ack {
-            self.publish(Message::ServerSideEmit {
-                request_id: None,
-                args,
-            });
-            return RequestHandle {
-                request_id: 0,
-                expected: 0,
-            };
-        }
-        self.request(timeout_ms, |request_id| Message::ServerSideEmit {
-            request_id: Some(request_id),
-            args,
-        })
+        request_handle(
+            self.handle
+                .server_side_emit(args, ack_timeout_ms.map(millis)),
+        )
     }
 
     #[napi(catch_unwind)]
     pub fn reply_fetch(&self, to: String, request_id: u32, sockets: Vec<JsPart>) {
         let sockets = from_js_parts(sockets);
-        self.reply(
-            &to,
-            Message::FetchSocketsResponse {
-                request_id,
-                sockets,
-            },
-        );
+        let message = Message::FetchSocketsResponse {
+            request_id,
+            sockets,
+        };
+        self.handle.reply(&to, message);
     }
 
     #[napi(catch_unwind)]
     pub fn reply_server_side_emit(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
         let reply = from_js_parts(reply);
-        self.reply(&to, Message::ServerSideEmitResponse { request_id, reply });
+        let message = Message::ServerSideEmitResponse { request_id, reply };
+        self.handle.reply(&to, message);
     }
 
     #[napi(catch_unwind)]
     pub fn reply_client_count(&self, to: String, request_id: u32, count: u32) {
-        self.reply(&to, Message::BroadcastClientCount { request_id, count });
+        let message = Message::BroadcastClientCount { request_id, count };
+        self.handle.reply(&to, message);
     }
 
     #[napi(catch_unwind)]
     pub fn reply_ack(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
         let reply = from_js_parts(reply);
-        self.reply(&to, Message::BroadcastAck { request_id, reply });
-    }
-}
-
-impl NativeNamespace {
-    fn request(&self, timeout_ms: u32, make: impl FnOnce(u32) -> Message) -> RequestHandle {
-        let Some(node) = &self.node else {
-            return RequestHandle {
-                request_id: 0,
-                expected: 0,
-            };
-        };
-        let timeout = Duration::from_millis(timeout_ms.into());
-        let (request_id, expected) = node.request(&self.ns.name, timeout, make);
-        RequestHandle {
-            request_id,
-            expected: expected as u32,
-        }
+        self.handle
+            .reply(&to, Message::BroadcastAck { request_id, reply });
     }
 }

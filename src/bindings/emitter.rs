@@ -1,8 +1,8 @@
 //! `NativeEmitter`: the emitter's side of the napi surface (see `crate::emitter`).
 
 use super::{from_js_parts, BrokerOptions, JsPart};
-use crate::emitter::{Emitter, EmitterEvent};
-use crate::wire::{Message, Target, WriteFlags};
+use crate::emitter::{Broadcast, Emitter, EmitterEvent};
+use crate::wire::{Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -83,14 +83,11 @@ impl NativeEmitter {
         compress: Option<bool>,
         offset: Option<String>,
     ) {
-        let message = Message::Broadcast {
-            target: Target { rooms, except },
-            flags: WriteFlags { volatile, compress },
-            packet: from_js_parts(packet),
-            ack: None,
-            offset,
-        };
-        self.emitter.publish(&nsp, message);
+        self.emitter
+            .of(&nsp)
+            .target(Target { rooms, except })
+            .flags(WriteFlags { volatile, compress })
+            .emit_encoded(from_js_parts(packet), offset);
     }
 
     #[napi(catch_unwind)]
@@ -101,14 +98,8 @@ impl NativeEmitter {
         except: Vec<String>,
         join: Vec<String>,
     ) {
-        let target = Target { rooms, except };
-        self.emitter.publish(
-            &nsp,
-            Message::SocketsJoin {
-                target,
-                rooms: join,
-            },
-        );
+        let join: Vec<&str> = join.iter().map(String::as_str).collect();
+        self.to(&nsp, rooms, except).sockets_join(&join);
     }
 
     #[napi(catch_unwind)]
@@ -119,14 +110,8 @@ impl NativeEmitter {
         except: Vec<String>,
         leave: Vec<String>,
     ) {
-        let target = Target { rooms, except };
-        self.emitter.publish(
-            &nsp,
-            Message::SocketsLeave {
-                target,
-                rooms: leave,
-            },
-        );
+        let leave: Vec<&str> = leave.iter().map(String::as_str).collect();
+        self.to(&nsp, rooms, except).sockets_leave(&leave);
     }
 
     #[napi(catch_unwind)]
@@ -137,17 +122,19 @@ impl NativeEmitter {
         except: Vec<String>,
         close: bool,
     ) {
-        let target = Target { rooms, except };
-        self.emitter
-            .publish(&nsp, Message::DisconnectSockets { target, close });
+        self.to(&nsp, rooms, except).disconnect_sockets(close);
     }
 
     #[napi(catch_unwind)]
     pub fn server_side_emit(&self, nsp: String, args: Vec<JsPart>) {
-        let message = Message::ServerSideEmit {
-            request_id: None,
-            args: from_js_parts(args),
-        };
-        self.emitter.publish(&nsp, message);
+        self.emitter
+            .of(&nsp)
+            .server_side_emit_parts(from_js_parts(args));
+    }
+}
+
+impl NativeEmitter {
+    fn to(&self, nsp: &str, rooms: Vec<String>, except: Vec<String>) -> Broadcast<'_> {
+        self.emitter.of(nsp).target(Target { rooms, except })
     }
 }

@@ -14,6 +14,7 @@
 //! it: a broadcast with no local recipient is dropped, a fetch or ack broadcast with no local
 //! recipient is answered directly, heartbeats and late replies are handled here.
 
+mod handle;
 mod inbox;
 mod receive;
 mod restore;
@@ -21,6 +22,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+pub use handle::{Joined, NamespaceHandle, RequestSent, BINDING_PENDING};
 pub use inbox::{Drained, RoomChange, Waker};
 
 use crate::bus::amqp::AmqpBus;

@@ -143,5 +143,7 @@ fn all_count(servers: &[Server], expected: usize) -> bool {
 }
 
 mod delivery;
+mod emitter;
+mod handle;
 mod membership;
 mod requests;
