@@ -6,11 +6,21 @@ const assert = require('node:assert/strict');
 const { execFileSync } = require('node:child_process');
 const { startCluster, waitFor, eventually, forkServer } = require('./helpers');
 
+/** The adapter's native node, built with the test failpoints (`npm run build:test`, as `npm test` does). */
+function withFailpoints(native) {
+  assert.equal(
+    typeof native.__panicForTest,
+    'function',
+    'the addon was built without test failpoints: build it with `npm run build:test` (npm test does)',
+  );
+  return native;
+}
+
 describe('resilience', () => {
   it('a panic inside a native call becomes a JS exception and the adapter keeps working', async () => {
     const cluster = await startCluster(2);
     try {
-      const native = cluster.ios[0].of('/').adapter._cluster.native;
+      const native = withFailpoints(cluster.ios[0].of('/').adapter._cluster.native);
       assert.throws(() => native.__panicForTest(), /panic injected by a test/);
       const client = await cluster.client(1);
       const [got] = await Promise.all([waitFor(client, 'still', 'a broadcast after the panic'), cluster.ios[0].emit('still', 'alive')]);
@@ -29,7 +39,7 @@ describe('resilience', () => {
       const client = await cluster.client(1);
       const seen = [];
       client.on('n', (n) => seen.push(n));
-      adapter._cluster.native.__panicOnNextBroadcastForTest();
+      withFailpoints(adapter._cluster.native).__panicOnNextBroadcastForTest();
       cluster.ios[0].emit('n', 1); // dropped by the injected panic
       cluster.ios[0].emit('n', 2);
       await eventually(() => seen.includes(2), 'the message after the panic to arrive');

@@ -283,8 +283,8 @@ pub fn decode_unless_from(body: &[u8], own_uid: &str) -> Result<Option<Envelope>
         uid: std::borrow::Cow<'a, str>,
     }
     // Read the version first so a future layout is reported as such, not as garbage.
-    let header =
-        rmp_serde::from_slice::<Header<'_>>(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let header = rmp_serde::from_slice::<Header<'_>>(body)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if header.v != PROTOCOL_VERSION {
         return Err(DecodeError::UnsupportedVersion(header.v));
     }

@@ -270,18 +270,6 @@ impl NativeNode {
         self.node.drain().into_iter().map(to_js_item).collect()
     }
 
-    /// Test failpoint: panics inside this call (it must surface as a JS exception).
-    #[napi(js_name = "__panicForTest", catch_unwind)]
-    pub fn panic_for_test(&self) {
-        panic!("panic injected by a test");
-    }
-
-    /// Test failpoint: the consumer panics while handling the next broadcast.
-    #[napi(js_name = "__panicOnNextBroadcastForTest", catch_unwind)]
-    pub fn panic_on_next_broadcast_for_test(&self) {
-        self.node.inject_panic_on_next_broadcast();
-    }
-
     #[napi(catch_unwind)]
     pub fn stats(&self) -> NodeStats {
         let s = &self.node.stats;
@@ -309,6 +297,23 @@ impl NativeNode {
             buffered: self.node.outbox.len() as f64,
             pending_requests: self.node.pending_requests() as f64,
         }
+    }
+}
+
+/// Test failpoints (the `failpoints` cargo feature: `npm run build:test`), not in the release addon.
+#[cfg(feature = "failpoints")]
+#[napi]
+impl NativeNode {
+    /// Test failpoint: panics inside this call (it must surface as a JS exception).
+    #[napi(js_name = "__panicForTest", catch_unwind)]
+    pub fn panic_for_test(&self) {
+        panic!("panic injected by a test");
+    }
+
+    /// Test failpoint: the consumer panics while handling the next broadcast.
+    #[napi(js_name = "__panicOnNextBroadcastForTest", catch_unwind)]
+    pub fn panic_on_next_broadcast_for_test(&self) {
+        self.node.inject_panic_on_next_broadcast();
     }
 }
 

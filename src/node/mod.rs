@@ -145,6 +145,7 @@ pub struct Node {
     task: Mutex<Option<JoinHandle<()>>>,
     malformed_reports: Throttle,
     /// A failpoint for the tests that prove a panic costs one broadcast, not the process.
+    #[cfg(feature = "failpoints")]
     panic_on_next_broadcast: AtomicBool,
     pub stats: Stats,
     /// Connection state recovery's log and restores, when the host turned it on.
@@ -187,6 +188,7 @@ impl Node {
             runtime: OnceLock::new(),
             task: Mutex::default(),
             malformed_reports: Throttle::new(Duration::from_secs(5)),
+            #[cfg(feature = "failpoints")]
             panic_on_next_broadcast: AtomicBool::new(false),
             stats: Stats::default(),
             recovery,
@@ -314,6 +316,7 @@ impl Node {
     }
 
     /// Makes the consumer panic while handling the next broadcast (a test failpoint).
+    #[cfg(feature = "failpoints")]
     pub fn inject_panic_on_next_broadcast(&self) {
         self.panic_on_next_broadcast.store(true, Ordering::Relaxed);
     }

@@ -150,8 +150,10 @@ impl Node {
     /// A bug in handling one message must cost that message only, not its batch or the consumer.
     pub(super) async fn dispatch_contained(&self, from: &str, nsp: &str, message: Message) {
         let handled = AssertUnwindSafe(async {
-            let is_broadcast = matches!(message, Message::Broadcast { .. });
-            if is_broadcast && self.panic_on_next_broadcast.swap(false, Ordering::Relaxed) {
+            #[cfg(feature = "failpoints")]
+            if matches!(message, Message::Broadcast { .. })
+                && self.panic_on_next_broadcast.swap(false, Ordering::Relaxed)
+            {
                 panic!("panic injected by a test");
             }
             self.dispatch(from, nsp, message).await
