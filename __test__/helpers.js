@@ -51,7 +51,7 @@ function record(client, event) {
  */
 async function startCluster(
   count,
-  { url = AMQP_URL, exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, setup } = {},
+  { url = AMQP_URL, exchangeName = uniqueName('ex'), serverOptions = {}, adapterOptions = {}, clientOptions = {}, setup } = {},
 ) {
   const servers = [];
   for (let i = 0; i < count; i++) {
@@ -74,6 +74,7 @@ async function startCluster(
         transports: ['websocket'],
         reconnection: false,
         forceNew: true,
+        ...clientOptions,
         ...options,
       });
       clients.push(client);
