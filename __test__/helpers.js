@@ -105,22 +105,42 @@ module.exports = { AMQP_URL, WAIT_MS, uniqueName, waitFor, within, record, start
 // the packed package elsewhere) does not need this checkout's build.
 Object.defineProperty(module.exports, 'createAdapter', { enumerable: true, get: () => require('..').createAdapter });
 
-/** How many broker connections carry `fragment` in their connection name (rabbitmqctl). */
+/**
+ * Timings for tests that wait on heartbeats, expiry or reconnects: a peer is forgotten after 1 s of
+ * silence, a lost connection is retried after 50 ms, then at most every 500 ms.
+ */
+const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
+
+/** Runs `rabbitmqctl <args> -q` on the shared broker; the output's non-empty lines. */
+function rabbitmqctl(...args) {
+  const { execFileSync } = require('node:child_process');
+  return execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 })
+    .split('\n')
+    .filter((line) => line.trim() !== '');
+}
+
+/** How many broker connections carry `fragment` in their connection name. */
 function brokerConnectionsMatching(fragment) {
-  const { execFileSync } = require('node:child_process');
-  const out = execFileSync('rabbitmqctl', ['list_connections', 'client_properties', '-q'], { encoding: 'utf8', timeout: 20000 });
-  return out.split('\n').filter((line) => line.includes(fragment)).length;
+  return rabbitmqctl('list_connections', 'client_properties').filter((line) => line.includes(fragment)).length;
 }
 
-/** Whether a queue of that name exists on the broker (rabbitmqctl). */
+/** Whether a queue of that name exists on the broker. */
 function brokerHasQueue(name) {
-  const { execFileSync } = require('node:child_process');
-  const out = execFileSync('rabbitmqctl', ['list_queues', 'name', '-q'], { encoding: 'utf8', timeout: 20000 });
-  return out.split('\n').some((line) => line.trim() === name);
+  return rabbitmqctl('list_queues', 'name').some((line) => line.trim() === name);
 }
 
+/** The queues whose name contains `fragment`: [name, messages ready, messages unacknowledged] each. */
+function brokerQueueDepths(fragment) {
+  return rabbitmqctl('list_queues', 'name', 'messages_ready', 'messages_unacknowledged')
+    .filter((line) => line.includes(fragment))
+    .map((line) => line.split('\t').map((value, i) => (i === 0 ? value : Number(value))));
+}
+
+module.exports.FAST = FAST;
+module.exports.rabbitmqctl = rabbitmqctl;
 module.exports.brokerConnectionsMatching = brokerConnectionsMatching;
 module.exports.brokerHasQueue = brokerHasQueue;
+module.exports.brokerQueueDepths = brokerQueueDepths;
 
 /** Polls `condition` every 20 ms until it holds; rejects with `what` after `ms`. */
 async function eventually(condition, what, ms = WAIT_MS) {
@@ -150,13 +170,6 @@ async function forkServer(exchangeName, adapterOptions = {}) {
 
 module.exports.eventually = eventually;
 module.exports.forkServer = forkServer;
-
-function rabbitmqctl(...args) {
-  const { execFileSync } = require('node:child_process');
-  return execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 })
-    .split('\n')
-    .filter((line) => line.trim() !== '');
-}
 
 /** The broker's pids of the connections whose name contains `fragment` (e.g. an adapter uid). */
 function brokerConnectionPids(fragment) {

@@ -15,6 +15,7 @@ const {
   createAdapter,
   brokerConnectionsMatching,
   brokerHasQueue,
+  rabbitmqctl,
 } = require('./helpers');
 
 // A server whose adapter uses `url`; collects error events, readyCallback calls and init()'s outcome.
@@ -147,20 +148,16 @@ describe('broker errors', () => {
 
 describe('URL parameters', () => {
   it('vhost, heartbeat and connection_name from the URL reach the broker', async (t) => {
-    const { execFileSync } = require('node:child_process');
-    const ctl = (...args) => execFileSync('rabbitmqctl', [...args, '-q'], { encoding: 'utf8', timeout: 20000 });
     const vhost = uniqueName('vhost');
     const name = uniqueName('my-app');
-    ctl('add_vhost', vhost);
-    t.after(() => ctl('delete_vhost', vhost));
-    ctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
+    rabbitmqctl('add_vhost', vhost);
+    t.after(() => rabbitmqctl('delete_vhost', vhost));
+    rabbitmqctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*');
     const url = `amqp://guest:guest@127.0.0.1:5672/${encodeURIComponent(vhost)}?heartbeat=7&connection_name=${name}`;
     const { io, seen } = await serverWith(url);
     try {
       assert.equal(seen.init, 'resolved');
-      const line = ctl('list_connections', 'vhost', 'timeout', 'client_properties')
-        .split('\n')
-        .find((l) => l.includes(name));
+      const line = rabbitmqctl('list_connections', 'vhost', 'timeout', 'client_properties').find((l) => l.includes(name));
       assert.ok(line, `a connection named ${name}`);
       const [connectionVhost, heartbeat] = line.split('\t');
       assert.equal(connectionVhost, vhost);

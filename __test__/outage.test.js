@@ -7,22 +7,21 @@ const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
 const amqplib = require('amqplib');
 const { TcpProxy } = require('./tcp-proxy');
-const { AMQP_URL, startCluster, waitFor, eventually, record, barrier, closeBrokerConnections, brokerFootprint } = require('./helpers');
+const {
+  AMQP_URL,
+  startCluster,
+  waitFor,
+  eventually,
+  record,
+  barrier,
+  closeBrokerConnections,
+  brokerFootprint,
+  brokerQueueDepths,
+  FAST,
+} = require('./helpers');
 
 // The shared broker's port, for the proxy that stands in front of it.
 const BROKER_PORT = Number(new URL(AMQP_URL).port || 5672);
-const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
-
-function rabbitQueues(fragment) {
-  const { execFileSync } = require('node:child_process');
-  return execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], {
-    encoding: 'utf8',
-    timeout: 20000,
-  })
-    .split('\n')
-    .filter((line) => line.includes(fragment))
-    .map((line) => line.split('\t').map((v, i) => (i === 0 ? v : Number(v))));
-}
 
 // Three servers, clients on each; every server's broker connection goes down at once (`cutAll`,
 // resolved when the outage may end). Server 0 emits r1 1..20 and server 2 r1z 1..20 while they are
@@ -138,7 +137,7 @@ describe('every server loses the broker at once', () => {
       await cluster.close();
       await proxy.close();
     }
-    assert.deepEqual(rabbitQueues(uids[0]).concat(rabbitQueues(uids[1])), [], 'closed servers delete their queues');
+    assert.deepEqual(brokerQueueDepths(uids[0]).concat(brokerQueueDepths(uids[1])), [], 'closed servers delete their queues');
   });
 
   it('a flood of malformed messages is dropped and every queue drains to zero, unacknowledged included', async () => {
@@ -156,7 +155,7 @@ describe('every server loses the broker at once', () => {
       }
       const uids = cluster.ios.map((io) => io.of('/').adapter.uid);
       await eventually(
-        () => uids.every((uid) => rabbitQueues(uid).every(([, ready, unacked]) => ready === 0 && unacked === 0)),
+        () => uids.every((uid) => brokerQueueDepths(uid).every(([, ready, unacked]) => ready === 0 && unacked === 0)),
         'every queue to be empty, ready and unacknowledged',
         5000,
       );

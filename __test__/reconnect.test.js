@@ -3,9 +3,7 @@
 // meanwhile (bounded), and say so. Faults are injected by closing only this test's connections.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { startCluster, waitFor, within, eventually, record, closeBrokerConnections, brokerFootprint } = require('./helpers');
-
-const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
+const { startCluster, waitFor, within, eventually, record, closeBrokerConnections, brokerFootprint, FAST } = require('./helpers');
 
 describe('reconnection', () => {
   it('reconnects by itself, restores bindings and resumes traffic both ways', async () => {

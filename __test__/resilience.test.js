@@ -3,8 +3,7 @@
 // lets memory grow without bound.
 const { describe, it } = require('node:test');
 const assert = require('node:assert/strict');
-const { execFileSync } = require('node:child_process');
-const { startCluster, waitFor, eventually, forkServer } = require('./helpers');
+const { startCluster, waitFor, eventually, forkServer, brokerQueueDepths } = require('./helpers');
 
 /** The adapter's native node, built with the test failpoints (`npm run build:test`, as `npm test` does). */
 function withFailpoints(native) {
@@ -70,12 +69,9 @@ describe('resilience', () => {
       // the prefetch window; the rest waits in its queue on the broker.
       const depth = await eventually(
         () => {
-          const line = execFileSync('rabbitmqctl', ['list_queues', 'name', 'messages_ready', 'messages_unacknowledged', '-q'], {
-            encoding: 'utf8',
-          })
-            .split('\n')
-            .find((l) => l.includes(slow.uid));
-          const [, ready, unacked] = line.split('\t').map(Number);
+          const [depth] = brokerQueueDepths(slow.uid);
+          if (!depth) return null;
+          const [, ready, unacked] = depth;
           return ready > 0 ? { ready, unacked } : null;
         },
         'a backlog to build up on the broker',

@@ -17,9 +17,9 @@ const {
   uniqueName,
   createAdapter,
   closeBrokerConnections,
+  FAST,
 } = require('./helpers');
 
-const FAST = { heartbeatInterval: 200, heartbeatTimeout: 1000, reconnectDelay: 50, reconnectDelayMax: 500 };
 const noLocal = (io) => io.of('/').adapter.stats().noLocalRecipient;
 const socketOf = (io, client) => io.of('/').sockets.get(client.id);
 
