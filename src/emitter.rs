@@ -17,15 +17,16 @@
 //! ```
 
 use crate::bus::amqp::AmqpBus;
-use crate::bus::{Bus, Endpoint, Link};
+use crate::bus::{Bus, Connected, Endpoint, Link};
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
-use crate::reconnect::{backoff, closed, connect_unless_closed, flush, jitter_seed};
+use crate::reconnect::{closed, flush, keep_connected, Connecting, SessionEnd, SessionStart};
 use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -174,98 +175,105 @@ impl Emitter {
 
     async fn run(self: Arc<Self>) {
         let mut closing = self.closing.subscribe();
-        let mut failures = 0u32;
-        let mut ever_connected = false;
-        let endpoint = Endpoint::publisher(format!("socket.io-amqp0-native {}", self.uid));
-        loop {
-            let attempt = self.bus.connect(&endpoint);
-            let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
-            else {
-                break;
-            };
-            match connected {
-                Ok(connected) => {
-                    let transport = &*connected.link;
-                    if ever_connected {
-                        self.report(EmitterEvent::Reconnected {
-                            attempts: failures + 1,
-                        });
-                    }
-                    ever_connected = true;
-                    failures = 0;
-                    self.first_outcome.send_if_modified(|outcome| {
-                        let first = outcome.is_none();
-                        if first {
-                            *outcome = Some(Ok(()));
-                        }
-                        first
-                    });
-                    match self.session(transport, &mut closing).await {
-                        None => {
-                            transport.close().await;
-                            return;
-                        }
-                        Some(reason) => {
-                            transport.close().await;
-                            self.report(EmitterEvent::Disconnected(reason));
-                        }
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    self.first_outcome.send_if_modified(|outcome| {
-                        let first = outcome.is_none();
-                        if first {
-                            *outcome = Some(Err(error.clone()));
-                        }
-                        first
-                    });
-                    self.report(EmitterEvent::Error(error));
-                }
-            }
-            let delay = backoff(
-                failures.max(1),
-                self.config.reconnect_delay,
-                self.config.reconnect_delay_max,
-                jitter_seed(),
-            );
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = closed(&mut closing) => break,
-            }
-        }
-        // Closed without a broker: what waited cannot be sent.
-        self.outbox.discard_all();
-        self.first_outcome.send_if_modified(|outcome| {
-            let first = outcome.is_none();
-            if first {
-                *outcome = Some(Err("the emitter was closed before it connected".into()));
-            }
-            first
-        });
+        keep_connected(&*self, &mut (), &mut closing).await;
     }
 
-    /// Sends the outbox until closed (`None`, after a final flush) or the connection fails.
-    async fn session(
-        &self,
-        transport: &dyn Link,
-        closing: &mut watch::Receiver<bool>,
-    ) -> Option<String> {
+    /// Sends the outbox until closed (`Closed`, after a final flush) or the connection fails.
+    async fn serve(&self, transport: &dyn Link, closing: &mut watch::Receiver<bool>) -> SessionEnd {
         loop {
             if let Err(error) = self.flush(transport).await {
-                return Some(error);
+                return SessionEnd::Lost(error);
             }
             tokio::select! {
                 _ = self.outbox.wait() => {}
                 _ = closed(closing) => {
-                    return self.flush(transport).await.err();
+                    return match self.flush(transport).await {
+                        Ok(()) => SessionEnd::Closed,
+                        Err(error) => SessionEnd::Lost(error),
+                    };
                 }
             }
         }
     }
 
+    /// The outcome of the first connection attempt, for `ready()` (later ones change nothing).
+    fn first_outcome(&self, outcome: Result<(), String>) {
+        self.first_outcome.send_if_modified(|first| {
+            let unset = first.is_none();
+            if unset {
+                *first = Some(outcome);
+            }
+            unset
+        });
+    }
+
     async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
         flush(&self.outbox, transport, &self.published).await
+    }
+}
+
+impl Connecting for Emitter {
+    /// The emitter takes no commands between sessions.
+    type Commands = ();
+
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn reconnect_delays(&self) -> (Duration, Duration) {
+        (self.config.reconnect_delay, self.config.reconnect_delay_max)
+    }
+
+    async fn connect(&self, _ever_connected: bool) -> Result<Connected, String> {
+        let endpoint = Endpoint::publisher(format!("socket.io-amqp0-native {}", self.uid));
+        self.bus.connect(&endpoint).await
+    }
+
+    async fn session(
+        &self,
+        connected: Connected,
+        start: SessionStart,
+        _: &mut (),
+        closing: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        if start.ever_connected {
+            self.report(EmitterEvent::Reconnected {
+                attempts: start.attempts,
+            });
+        }
+        self.first_outcome(Ok(()));
+        // A flush that fails while closing ends as lost: the loop then discards what is left.
+        let end = self.serve(&*connected.link, closing).await;
+        connected.link.close().await;
+        end
+    }
+
+    fn connection_lost(&self, reason: String) {
+        self.report(EmitterEvent::Disconnected(reason));
+    }
+
+    fn attempt_failed(&self, error: String) {
+        self.first_outcome(Err(error.clone()));
+        self.report(EmitterEvent::Error(error));
+    }
+
+    async fn wait_offline(
+        &self,
+        delay: Duration,
+        _last_error: &str,
+        _: &mut (),
+        closing: &mut watch::Receiver<bool>,
+    ) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = closed(closing) => false,
+        }
+    }
+
+    fn closed_offline(&self, _: &mut ()) {
+        // Closed without a broker: what waited cannot be sent.
+        self.outbox.discard_all();
+        self.first_outcome(Err("the emitter was closed before it connected".into()));
     }
 }
 

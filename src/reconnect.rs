@@ -1,23 +1,118 @@
-//! What the node's and the emitter's connection loops share: the backoff between attempts, an
-//! attempt that `close()` may cut short, sending the outbox over a link, and panic messages.
+//! The connection loop the node and the emitter share ([`keep_connected`]): connect, run a session,
+//! and when the connection is lost or an attempt fails, wait with capped exponential backoff and
+//! try again, until `close()`. Also the pieces around it: an attempt that `close()` may cut short,
+//! sending the outbox over a link, and panic messages.
 
-use crate::bus::Link;
+use crate::bus::{Connected, Link};
 use crate::outbox::{Outbox, MAX_BATCH};
 use crate::transport::LOG_KEY;
 use crate::wire;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// How a session ended.
+pub(crate) enum SessionEnd {
+    /// `close()`: the owner has flushed, said goodbye and closed the link.
+    Closed,
+    /// The connection was lost (the link is closed): the reason.
+    Lost(String),
+}
+
+/// What a session is told when it starts.
+pub(crate) struct SessionStart {
+    /// An earlier session existed (this one follows a lost connection).
+    pub(crate) ever_connected: bool,
+    /// Attempts this connection took, 1 when the first one worked.
+    pub(crate) attempts: u32,
+}
+
+/// The owner of a connection loop: the node or the emitter.
+pub(crate) trait Connecting: Sync {
+    /// What the sessions and the offline waits share (the node's control channel).
+    type Commands: Send;
+    fn outbox(&self) -> &Outbox;
+    /// The first and the longest delay between attempts.
+    fn reconnect_delays(&self) -> (Duration, Duration);
+    /// One attempt (each broker URL once). `ever_connected`: an earlier session existed.
+    fn connect(
+        &self,
+        ever_connected: bool,
+    ) -> impl Future<Output = Result<Connected, String>> + Send;
+    /// Runs a connected session until `close()` (then cleans up) or until the connection is lost.
+    fn session(
+        &self,
+        connected: Connected,
+        start: SessionStart,
+        commands: &mut Self::Commands,
+        closing: &mut watch::Receiver<bool>,
+    ) -> impl Future<Output = SessionEnd> + Send;
+    fn connection_lost(&self, reason: String);
+    fn attempt_failed(&self, error: String);
+    /// Waits `delay` without a connection; false when `close()` was called meanwhile.
+    fn wait_offline(
+        &self,
+        delay: Duration,
+        last_error: &str,
+        commands: &mut Self::Commands,
+        closing: &mut watch::Receiver<bool>,
+    ) -> impl Future<Output = bool> + Send;
+    /// `close()` was called while not connected: what waited can no longer be sent.
+    fn closed_offline(&self, commands: &mut Self::Commands);
+}
+
+/// Keeps `owner` connected until `close()`: sessions, and between them the backoff.
+pub(crate) async fn keep_connected<C: Connecting>(
+    owner: &C,
+    commands: &mut C::Commands,
+    closing: &mut watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    let mut ever_connected = false;
+    loop {
+        let attempt = owner.connect(ever_connected);
+        let Some(connected) = connect_unless_closed(attempt, closing, owner.outbox()).await else {
+            break;
+        };
+        let last_error = match connected {
+            Ok(connected) => {
+                let start = SessionStart {
+                    ever_connected,
+                    attempts: failures + 1,
+                };
+                ever_connected = true;
+                failures = 0;
+                match owner.session(connected, start, commands, closing).await {
+                    SessionEnd::Closed => return,
+                    SessionEnd::Lost(reason) => {
+                        owner.connection_lost(reason.clone());
+                        reason
+                    }
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                owner.attempt_failed(error.clone());
+                error
+            }
+        };
+        let (initial, max) = owner.reconnect_delays();
+        let delay = backoff(failures.max(1), initial, max, jitter_seed());
+        if !owner
+            .wait_offline(delay, &last_error, commands, closing)
+            .await
+        {
+            break;
+        }
+    }
+    owner.closed_offline(commands);
+}
+
 /// Delay before reconnect attempt `failures` (1-based): doubling from `initial`, capped at `max`,
 /// with up to 20% taken off at random so servers that lost the broker together do not return in
 /// lockstep.
-pub(crate) fn backoff(
-    failures: u32,
-    initial: Duration,
-    max: Duration,
-    jitter_seed: u64,
-) -> Duration {
+fn backoff(failures: u32, initial: Duration, max: Duration, jitter_seed: u64) -> Duration {
     let doubled = initial.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     let capped = doubled.min(max);
     let jitter = (jitter_seed % 1000) as u32; // per mille
@@ -36,7 +131,7 @@ pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 /// Awaits a connection attempt, unless `close()` is called meanwhile with nothing waiting to be
 /// sent: then `None`. With publishes waiting, the attempt may finish (it is bounded by the connect
 /// timeout) so they still go out.
-pub(crate) async fn connect_unless_closed<T>(
+async fn connect_unless_closed<T>(
     attempt: impl std::future::Future<Output = T>,
     closing: &mut watch::Receiver<bool>,
     outbox: &Outbox,
@@ -113,7 +208,7 @@ pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
 
-pub(crate) fn jitter_seed() -> u64 {
+fn jitter_seed() -> u64 {
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;
     RandomState::new().hash_one(Instant::now())

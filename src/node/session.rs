@@ -6,8 +6,9 @@
 
 use super::inbox::{Drained, Inbound};
 use super::{Control, Node};
-use crate::bus::{Deliveries, Endpoint, Link};
-use crate::reconnect::{backoff, closed, connect_unless_closed, flush, jitter_seed};
+use crate::bus::{Connected, Deliveries, Endpoint, Link};
+use crate::outbox::Outbox;
+use crate::reconnect::{closed, flush, keep_connected, Connecting, SessionEnd, SessionStart};
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{namespace_key, room_key, server_key, CLUSTER_KEY};
@@ -18,93 +19,21 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub(super) enum SessionEnd {
-    Closed,
-    Lost(String),
-}
+impl Connecting for Arc<Node> {
+    type Commands = mpsc::UnboundedReceiver<Control>;
 
-impl Node {
-    pub(crate) async fn run(self: Arc<Self>, mut control: mpsc::UnboundedReceiver<Control>) {
-        let mut closing = self.closing.subscribe();
-        let mut failures: u32 = 0;
-        let mut ever_connected = false;
-        let mut last_error: String;
-        loop {
-            let attempt = self.connect(ever_connected);
-            let Some(connected) = connect_unless_closed(attempt, &mut closing, &self.outbox).await
-            else {
-                break;
-            };
-            match connected {
-                Ok((link, deliveries)) => {
-                    let transport = &*link;
-                    // After a lost connection, or after failed first attempts: either way the
-                    // host has heard of trouble and now hears that it is over.
-                    let reconnected = (ever_connected || failures > 0).then_some(failures + 1);
-                    ever_connected = true;
-                    failures = 0;
-                    let end = self
-                        .session(
-                            transport,
-                            deliveries,
-                            reconnected,
-                            &mut control,
-                            &mut closing,
-                        )
-                        .await;
-                    match end {
-                        SessionEnd::Closed => {
-                            self.rooms.session_ended();
-                            // Whatever was emitted before close() still goes out, then the others
-                            // stop counting this server, and its queue goes: nobody will come
-                            // back for it.
-                            let _ = self.flush(transport).await;
-                            let goodbye = self.envelope("", Message::Goodbye);
-                            let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye).await;
-                            if let Err(error) = transport.delete_queue().await {
-                                self.report(format!("{error}; the broker deletes it by itself once its expiry passes"));
-                            }
-                            transport.close().await;
-                            refuse_all(&mut control, "the adapter is closed");
-                            return;
-                        }
-                        SessionEnd::Lost(reason) => {
-                            transport.close().await;
-                            last_error = reason.clone();
-                            self.on_connection_lost(reason);
-                        }
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    last_error = error.clone();
-                    self.report(error);
-                }
-            }
-            let delay = backoff(
-                failures.max(1),
-                self.config.broker.reconnect_delay,
-                self.config.broker.reconnect_delay_max,
-                jitter_seed(),
-            );
-            if !self
-                .serve_offline(delay, &last_error, &mut control, &mut closing)
-                .await
-            {
-                break;
-            }
-        }
-        // Closed while offline: what waited can no longer be sent.
-        self.outbox.discard_all();
-        refuse_all(&mut control, "the adapter is closed");
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
-    /// Connects (each URL once, the last one that worked first). `queue_existed`: an earlier
-    /// session declared the queue (the link then finds out whether it is still there).
-    pub(super) async fn connect(
-        &self,
-        queue_existed: bool,
-    ) -> Result<(Box<dyn Link>, Box<dyn Deliveries>), String> {
+    fn reconnect_delays(&self) -> (Duration, Duration) {
+        let broker = &self.config.broker;
+        (broker.reconnect_delay, broker.reconnect_delay_max)
+    }
+
+    /// Connects (each URL once, the last one that worked first). After an earlier session the
+    /// queue existed: the link finds out whether it still does.
+    async fn connect(&self, ever_connected: bool) -> Result<Connected, String> {
         let endpoint = Endpoint {
             connection_name: format!(
                 "socket.io-amqp0-native {} {}",
@@ -114,18 +43,85 @@ impl Node {
             prefetch: self.config.prefetch,
             initial_bindings: vec![CLUSTER_KEY.to_string(), server_key(&self.uid)],
             queue_expiry: self.config.queue_expiry,
-            queue_existed,
+            queue_existed: ever_connected,
         };
-        let connected = self.bus.connect(&endpoint).await?;
-        let deliveries = connected
-            .deliveries
-            .ok_or("the broker link of a server has no deliveries")?;
-        Ok((connected.link, deliveries))
+        self.bus.connect(&endpoint).await
+    }
+
+    async fn session(
+        &self,
+        connected: Connected,
+        start: SessionStart,
+        control: &mut Self::Commands,
+        closing: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let transport = &*connected.link;
+        let Some(deliveries) = connected.deliveries else {
+            transport.close().await;
+            return SessionEnd::Lost("the broker link of a server has no deliveries".into());
+        };
+        // After a lost connection, or after failed first attempts: either way the host has heard
+        // of trouble and now hears that it is over.
+        let reconnected = (start.ever_connected || start.attempts > 1).then_some(start.attempts);
+        let end = self
+            .serve(transport, deliveries, reconnected, control, closing)
+            .await;
+        match &end {
+            SessionEnd::Closed => {
+                self.rooms.session_ended();
+                // Whatever was emitted before close() still goes out, then the others stop
+                // counting this server, and its queue goes: nobody will come back for it.
+                let _ = self.flush(transport).await;
+                let goodbye = self.envelope("", Message::Goodbye);
+                let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye).await;
+                if let Err(error) = transport.delete_queue().await {
+                    self.report(format!(
+                        "{error}; the broker deletes it by itself once its expiry passes"
+                    ));
+                }
+                transport.close().await;
+                refuse_all(control, "the adapter is closed");
+            }
+            SessionEnd::Lost(_) => transport.close().await,
+        }
+        end
+    }
+
+    fn connection_lost(&self, reason: String) {
+        self.on_connection_lost(reason);
+    }
+
+    fn attempt_failed(&self, error: String) {
+        self.report(error);
+    }
+
+    async fn wait_offline(
+        &self,
+        delay: Duration,
+        last_error: &str,
+        control: &mut Self::Commands,
+        closing: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.serve_offline(delay, last_error, control, closing)
+            .await
+    }
+
+    fn closed_offline(&self, control: &mut Self::Commands) {
+        self.outbox.discard_all();
+        refuse_all(control, "the adapter is closed");
+    }
+}
+
+impl Node {
+    /// The connection task: keeps the node connected until `close()`.
+    pub(crate) async fn run(self: Arc<Self>, mut control: mpsc::UnboundedReceiver<Control>) {
+        let mut closing = self.closing.subscribe();
+        keep_connected(&self, &mut control, &mut closing).await;
     }
 
     /// One connected session: binds what the host wants, says hello, sends what waited during the
     /// outage, then serves publishes, bindings, heartbeats and the peer sweep until closed or lost.
-    pub(super) async fn session(
+    pub(super) async fn serve(
         self: &Arc<Self>,
         transport: &dyn Link,
         deliveries: Box<dyn Deliveries>,

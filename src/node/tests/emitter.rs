@@ -1,5 +1,5 @@
 use super::*;
-use crate::emitter::Emitter;
+use crate::emitter::{Emitter, EmitterEvent};
 use crate::packet::Arg;
 use crate::recovery::offset_time_ms;
 
@@ -62,5 +62,64 @@ async fn an_emitters_recoverable_broadcast_carries_its_offset() {
     let offset = offsets[1].as_deref().expect("the stored packet's offset");
     assert!(offset_time_ms(offset).is_some(), "{offset}");
     assert_eq!(packets[1], format!(r#"2["stored","b","{offset}"]"#));
+    emitter.close().await;
+}
+
+/// The emitter's connection drops with every other and is refused for a while: it reports the
+/// loss and the refused attempts, reconnects by the shared loop, reports how many attempts it
+/// took, and what it emitted meanwhile arrives once.
+#[tokio::test(start_paused = true)]
+async fn an_emitter_reconnects_and_sends_what_waited() {
+    let broker = MemoryBroker::new();
+    let server = Server::serving(&broker, config(false)).await;
+    server.join("s1", &["r"]);
+    let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let bus = Arc::new(MemoryBus(broker.clone()));
+    let emitter = Emitter::start_on(bus, config(false).broker, move |event| {
+        sink.lock().push(event)
+    });
+    emitter.ready().await.expect("the emitter connects");
+    broker.refuse_connections(true);
+    broker.drop_connections();
+    emitter.of("/").to("r").emit("during", &[]);
+    until(Duration::from_secs(1), "two refused attempts", || {
+        let events = events.lock();
+        events
+            .iter()
+            .filter(|e| matches!(e, EmitterEvent::Error(_)))
+            .count()
+            >= 2
+    })
+    .await;
+    broker.refuse_connections(false);
+    let mut packets = Vec::new();
+    until(
+        Duration::from_secs(2),
+        "the packet after the outage",
+        || {
+            packets.extend(server.packets());
+            !packets.is_empty()
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    packets.extend(server.packets());
+    assert_eq!(packets, [r#"2["during"]"#], "once");
+    let events = events.lock().clone();
+    assert!(
+        matches!(events[0], EmitterEvent::Disconnected(_)),
+        "{events:?}"
+    );
+    let refused = events
+        .iter()
+        .filter(|e| matches!(e, EmitterEvent::Error(_)))
+        .count() as u32;
+    assert_eq!(
+        events.last(),
+        Some(&EmitterEvent::Reconnected {
+            attempts: refused + 1
+        })
+    );
     emitter.close().await;
 }
