@@ -11,9 +11,7 @@
 //!   disconnect <room>                   io.in(room).disconnectSockets(true)
 //!   server-side-emit <event> <json-arg>...
 
-use socket_io_amqp0_native::emitter::{Emitter, EmitterEvent};
-use socket_io_amqp0_native::packet::Arg;
-use socket_io_amqp0_native::transport::BrokerConfig;
+use socket_io_amqp0_native::{Arg, BrokerConfig, Emitter, EmitterEvent};
 use std::process::ExitCode;
 
 #[tokio::main]

@@ -5,10 +5,8 @@
 //! in a bounded outbox, like the adapter's.
 //!
 //! ```no_run
-//! use socket_io_amqp0_native::emitter::Emitter;
-//! use socket_io_amqp0_native::transport::BrokerConfig;
-//! use socket_io_amqp0_native::packet::Arg;
-//! # async fn run() -> Result<(), String> {
+//! use socket_io_amqp0_native::{Arg, BrokerConfig, Emitter};
+//! # async fn run() -> Result<(), socket_io_amqp0_native::EmitterError> {
 //! let emitter = Emitter::start(BrokerConfig::new("amqp://localhost"), |_event| {});
 //! emitter.ready().await?;
 //! emitter.of("/").to("room-1").emit("news", &[Arg::string("hello"), Arg::json("42")]);
@@ -47,6 +45,27 @@ pub enum EmitterEvent {
 
 pub type EventSink = Arc<dyn Fn(EmitterEvent) + Send + Sync>;
 
+/// Why [`Emitter::ready`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitterError {
+    /// The first connection attempt failed (the emitter keeps retrying): what the broker, or the
+    /// network, said.
+    Connect(String),
+    /// The emitter was closed before it connected.
+    Closed,
+}
+
+impl std::fmt::Display for EmitterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EmitterError::Connect(reason) => f.write_str(reason),
+            EmitterError::Closed => f.write_str("the emitter was closed before it connected"),
+        }
+    }
+}
+
+impl std::error::Error for EmitterError {}
+
 pub struct Emitter {
     uid: String,
     /// Connection state recovery's offsets (`<ms>-<sender>-<n>`): this emitter's sender id and
@@ -59,7 +78,7 @@ pub struct Emitter {
     /// Dropped by `close()`: the sink may hold what keeps a host process alive.
     on_event: Mutex<Option<EventSink>>,
     /// `None` until the first connection attempt ends, then its outcome.
-    first_outcome: watch::Sender<Option<Result<(), String>>>,
+    first_outcome: watch::Sender<Option<Result<(), EmitterError>>>,
     closing: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
     pub published: AtomicU64,
@@ -78,7 +97,7 @@ impl Emitter {
 
     /// Like [`start`](Self::start), on another bus than `config`'s broker (the tests' in-memory
     /// one); `config` still sets the outbox and the reconnect delays.
-    pub fn start_on(
+    pub(crate) fn start_on(
         bus: Arc<dyn Bus>,
         config: BrokerConfig,
         on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
@@ -117,13 +136,13 @@ impl Emitter {
     }
 
     /// Resolves once the first connection attempt has succeeded, or with its error.
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), EmitterError> {
         let mut outcome = self.first_outcome.subscribe();
         let result = outcome
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| "the emitter is closed".to_string())?;
-        result.clone().expect("waited for an outcome")
+            .map_err(|_| EmitterError::Closed)?;
+        result.clone().unwrap_or(Err(EmitterError::Closed))
     }
 
     /// Targets namespace `nsp` (every socket of it until narrowed).
@@ -143,7 +162,7 @@ impl Emitter {
     }
 
     /// Sends `parts` (an already encoded packet) as a broadcast; the lowest-level entry point.
-    pub fn publish(&self, nsp: &str, message: Message) {
+    pub(crate) fn publish(&self, nsp: &str, message: Message) {
         let envelope = Envelope::new(&self.uid, nsp, message);
         if let Some(count) = self.outbox.push(namespace_key(nsp), envelope) {
             self.report(EmitterEvent::Dropped { count });
@@ -197,7 +216,7 @@ impl Emitter {
     }
 
     /// The outcome of the first connection attempt, for `ready()` (later ones change nothing).
-    fn first_outcome(&self, outcome: Result<(), String>) {
+    fn first_outcome(&self, outcome: Result<(), EmitterError>) {
         self.first_outcome.send_if_modified(|first| {
             let unset = first.is_none();
             if unset {
@@ -253,7 +272,7 @@ impl Connecting for Emitter {
     }
 
     fn attempt_failed(&self, error: String) {
-        self.first_outcome(Err(error.clone()));
+        self.first_outcome(Err(EmitterError::Connect(error.clone())));
         self.report(EmitterEvent::Error(error));
     }
 
@@ -273,7 +292,7 @@ impl Connecting for Emitter {
     fn closed_offline(&self, _: &mut ()) {
         // Closed without a broker: what waited cannot be sent.
         self.outbox.discard_all();
-        self.first_outcome(Err("the emitter was closed before it connected".into()));
+        self.first_outcome(Err(EmitterError::Closed));
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! The core (`room_index`, `wire`, `transport`, `node`, `emitter`, ...) is plain Rust with no
 //! napi types, usable and testable without Node; `bindings`, built with the default `node` feature,
-//! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses
-//! [`emitter::Emitter`] with `default-features = false`.
+//! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses [`Emitter`]
+//! (the crate root re-exports its API) with `default-features = false`.
 
 // No unsafe code of our own (the FFI code napi-derive generates is napi's).
 #![deny(unsafe_code)]
@@ -12,16 +12,29 @@
 // `expect` outside tests names the invariant it relies on, and `unwrap` is not used at all.
 #![warn(clippy::unwrap_used, clippy::dbg_macro, clippy::todo)]
 
+// The Rust API: the emitter, for services that are not Socket.IO servers.
+pub use emitter::{Broadcast, Emitter, EmitterError, EmitterEvent};
+pub use packet::Arg;
+pub use transport::BrokerConfig;
+pub use wire::{PacketPart, Target, WriteFlags};
+
+// The adapter's core, public for the napi bindings' sake and for reading: not a stable API.
+#[doc(hidden)]
 pub mod bus;
 pub mod emitter;
+#[doc(hidden)]
 pub mod membership;
+#[doc(hidden)]
 pub mod node;
 mod outbox;
 pub mod packet;
 mod reconnect;
+#[doc(hidden)]
 pub mod recovery;
+#[doc(hidden)]
 pub mod requests;
 mod room_bindings;
+#[doc(hidden)]
 pub mod room_index;
 mod sequence;
 mod throttle;

@@ -53,7 +53,8 @@ impl NativeEmitter {
 
     #[napi(catch_unwind)]
     pub async fn ready(&self) -> Result<()> {
-        self.emitter.ready().await.map_err(Error::from_reason)
+        let ready = self.emitter.ready().await;
+        ready.map_err(|error| Error::from_reason(error.to_string()))
     }
 
     #[napi(catch_unwind)]
