@@ -150,3 +150,66 @@ async fn room_routing_sends_by_room_only_when_every_server_binds_rooms() {
     assert_eq!(keys, [namespace_key("/")]);
     assert_ne!(keys[0], CLUSTER_KEY);
 }
+
+/// Room routing never routes by room key what every server must see: an ack broadcast (each
+/// server answers with its count), a broadcast to several rooms, and, for a while, a broadcast
+/// to a room a `socketsJoin` just named (the servers joining sockets to it may not have bound it).
+#[tokio::test(start_paused = true)]
+async fn room_routing_keeps_the_namespace_key_where_every_server_must_see_it() {
+    let (broker, a, b) = pair(true).await;
+    b.join("sb", &["r", "s"]);
+    b.node.rooms_bound().await;
+    let keys_of = |before: usize| -> Vec<String> {
+        broker.published()[before..]
+            .iter()
+            .map(|(key, _)| key.clone())
+            .filter(|key| key != CLUSTER_KEY)
+            .collect()
+    };
+    let nsp_key = namespace_key("/");
+
+    let before = broker.published().len();
+    a.node
+        .open_ended_request("/", Duration::from_secs(1), |request_id| {
+            Message::Broadcast {
+                target: target(&["r"]),
+                flags: WriteFlags::default(),
+                packet: vec![PacketPart::Text("with ack".into())],
+                ack: Some(crate::wire::AckRequest {
+                    request_id,
+                    timeout_ms: 1000,
+                }),
+                offset: None,
+            }
+        });
+    a.node.send_queued();
+    a.broadcast(&["r", "s"], "two rooms");
+    settle().await;
+    assert_eq!(
+        keys_of(before),
+        std::slice::from_ref(&nsp_key),
+        "one batch by namespace key"
+    );
+
+    let before = broker.published().len();
+    a.node.publish(
+        "/",
+        Message::SocketsJoin {
+            target: Target::default(),
+            rooms: vec!["fresh".into()],
+        },
+    );
+    a.broadcast(&["fresh"], "right after the join");
+    settle().await;
+    assert_eq!(keys_of(before), std::slice::from_ref(&nsp_key));
+    // Long after the join the room goes by its key again.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    b.node.rooms_bound().await;
+    let before = broker.published().len();
+    a.broadcast(&["fresh"], "later");
+    settle().await;
+    assert_eq!(
+        keys_of(before),
+        [crate::transport::room_key("/", "fresh").unwrap()]
+    );
+}
