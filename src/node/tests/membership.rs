@@ -196,16 +196,7 @@ async fn a_silent_server_expires_and_its_requests_end_incomplete() {
 /// other again; a broadcast sent during the outage arrives once.
 #[tokio::test(start_paused = true)]
 async fn every_connection_dropped_at_once() {
-    let broker = MemoryBroker::new();
-    let servers = [
-        Server::serving(&broker, config(false)).await,
-        Server::serving(&broker, config(false)).await,
-        Server::serving(&broker, config(false)).await,
-    ];
-    until(Duration::from_millis(100), "3 count 3", || {
-        all_count(&servers, 3)
-    })
-    .await;
+    let (broker, servers) = three().await;
     servers[1].join("s1", &["r"]);
     for round in 0..5 {
         broker.refuse_connections(true);

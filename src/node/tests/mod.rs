@@ -142,6 +142,21 @@ fn all_count(servers: &[Server], expected: usize) -> bool {
     servers.iter().all(|s| s.count("/") == expected)
 }
 
+/// Three servers serving `/` on a new broker, counting each other.
+async fn three() -> (Arc<MemoryBroker>, [Server; 3]) {
+    let broker = MemoryBroker::new();
+    let servers = [
+        Server::serving(&broker, config(false)).await,
+        Server::serving(&broker, config(false)).await,
+        Server::serving(&broker, config(false)).await,
+    ];
+    until(Duration::from_millis(100), "3 count 3", || {
+        all_count(&servers, 3)
+    })
+    .await;
+    (broker, servers)
+}
+
 mod delivery;
 mod emitter;
 mod handle;

@@ -23,20 +23,6 @@ fn done_of(drained: &[Drained], id: u32) -> Option<(bool, u32, Option<String>)> 
     })
 }
 
-async fn three() -> (Arc<MemoryBroker>, [Server; 3]) {
-    let broker = MemoryBroker::new();
-    let servers = [
-        Server::serving(&broker, config(false)).await,
-        Server::serving(&broker, config(false)).await,
-        Server::serving(&broker, config(false)).await,
-    ];
-    until(Duration::from_millis(100), "3 count 3", || {
-        all_count(&servers, 3)
-    })
-    .await;
-    (broker, servers)
-}
-
 /// B has a matching socket and answers through its host; C has none and Rust answers alone,
 /// without waking C's host. The request completes with both.
 #[tokio::test(start_paused = true)]
