@@ -13,6 +13,11 @@
 //! The host is woken through `waker` at most once per batch. What Rust can answer alone never wakes
 //! it: a broadcast with no local recipient is dropped, a fetch or ack broadcast with no local
 //! recipient is answered directly, heartbeats and late replies are handled here.
+//!
+//! The files follow the packet's path: `handle.rs` (a namespace as the host uses it) → this file
+//! (the outbox, requests) → `session.rs` (connected sessions, through the bus) → another node's
+//! `receive.rs` (consumer, dispatch) → `inbox.rs` → that node's host; `restore.rs` is connection
+//! state recovery's part; `tests/` runs the protocol on the in-memory bus.
 
 mod handle;
 mod inbox;
