@@ -126,7 +126,8 @@ impl Stream for AmqpDeliveries {
                     this.last = Some(delivery.acker);
                     Ok(Delivery {
                         body: delivery.data,
-                        key: delivery.routing_key.to_string(),
+                        // Moved out, not copied: this runs per delivery.
+                        key: delivery.routing_key.into(),
                     })
                 }
                 Err(error) => Err(format!("the broker connection failed: {error}")),

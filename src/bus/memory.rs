@@ -46,6 +46,14 @@ struct Queue {
 }
 
 impl Queue {
+    /// The consumer is gone: what it had not acknowledged is delivered again, first, in order.
+    fn requeue_unacked(&mut self) {
+        self.consumer = None;
+        while let Some((_, delivery)) = self.unacked.pop_back() {
+            self.ready.push_front(delivery);
+        }
+    }
+
     /// Hands what is ready to the consumer, unless held.
     fn deliver(&mut self) {
         if self.held {
@@ -93,11 +101,7 @@ impl MemoryBroker {
         let mut state = self.state.lock();
         state.live.clear();
         for queue in state.queues.values_mut() {
-            queue.consumer = None;
-            let unacked: Vec<Delivery> = queue.unacked.drain(..).map(|(_, d)| d).collect();
-            for delivery in unacked.into_iter().rev() {
-                queue.ready.push_front(delivery);
-            }
+            queue.requeue_unacked();
         }
     }
 
@@ -359,11 +363,7 @@ impl Link for MemoryLink {
                     .as_ref()
                     .is_some_and(|c| c.0 == self.connection)
                 {
-                    queue.consumer = None;
-                    let unacked: Vec<Delivery> = queue.unacked.drain(..).map(|(_, d)| d).collect();
-                    for delivery in unacked.into_iter().rev() {
-                        queue.ready.push_front(delivery);
-                    }
+                    queue.requeue_unacked();
                 }
             }
         })

@@ -46,14 +46,7 @@ async fn a_turns_emits_leave_batched_and_arrive_in_order() {
     let before = broker.published().len();
     let wakes = b.wakes.load(Ordering::SeqCst);
     for i in 0..300 {
-        let message = Message::Broadcast {
-            target: target(&["r"]),
-            flags: WriteFlags::default(),
-            packet: vec![PacketPart::Text(i.to_string())],
-            ack: None,
-            offset: None,
-        };
-        a.node.publish("/", message);
+        a.node.publish("/", packet_to(&["r"], &i.to_string()));
     }
     a.node.send_queued();
     let mut got = Vec::new();

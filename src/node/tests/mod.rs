@@ -69,27 +69,14 @@ impl Server {
         self.node.server_count(nsp)
     }
 
+    /// Joins a local socket to rooms, as the adapter does (index and room bindings together).
     fn join(&self, sid: &str, rooms: &[&str]) {
         let rooms: Vec<String> = rooms.iter().map(|r| r.to_string()).collect();
-        let ns = self.node.namespace("/");
-        let outcome = ns.index.lock().add_all(sid, &rooms);
-        let created = rooms
-            .iter()
-            .zip(&outcome.changes)
-            .filter(|(_, c)| **c & crate::room_index::ROOM_CREATED != 0)
-            .map(|(r, _)| r.as_str());
-        self.node.rooms_changed("/", created);
+        crate::node::NamespaceHandle::of(&self.node, "/").add_all(sid, &rooms);
     }
 
     fn broadcast(&self, rooms: &[&str], text: &str) {
-        let message = Message::Broadcast {
-            target: target(rooms),
-            flags: WriteFlags::default(),
-            packet: vec![PacketPart::Text(text.into())],
-            ack: None,
-            offset: None,
-        };
-        self.node.publish("/", message);
+        self.node.publish("/", packet_to(rooms, text));
         self.node.send_queued();
     }
 
@@ -109,6 +96,17 @@ impl Server {
                 _ => None,
             })
             .collect()
+    }
+}
+
+/// A plain broadcast of a one-part text packet.
+fn packet_to(rooms: &[&str], text: &str) -> Message {
+    Message::Broadcast {
+        target: target(rooms),
+        flags: WriteFlags::default(),
+        packet: vec![PacketPart::Text(text.into())],
+        ack: None,
+        offset: None,
     }
 }
 
