@@ -16,9 +16,10 @@
 
 use crate::bus::amqp::AmqpBus;
 use crate::bus::{Bus, Connected, Endpoint, Link};
+use crate::handoff::{Handoff, Sending};
 use crate::outbox::Outbox;
 use crate::packet::{self, Arg};
-use crate::reconnect::{closed, flush, keep_connected, Connecting, SessionEnd, SessionStart};
+use crate::reconnect::{closed, keep_connected, Connecting, SessionEnd, SessionStart};
 use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
@@ -75,6 +76,7 @@ pub struct Emitter {
     config: BrokerConfig,
     bus: Arc<dyn Bus>,
     outbox: Outbox,
+    handoff: Handoff,
     /// Dropped by `close()`: the sink may hold what keeps a host process alive.
     on_event: Mutex<Option<EventSink>>,
     /// `None` until the first connection attempt ends, then its outcome.
@@ -108,6 +110,7 @@ impl Emitter {
             offset_sender: format!("e{id}"),
             offsets_made: AtomicU64::new(0),
             outbox: Outbox::new(config.publish_buffer),
+            handoff: Handoff::default(),
             bus,
             config,
             on_event: Mutex::new(Some(Arc::new(on_event))),
@@ -206,7 +209,12 @@ impl Emitter {
             tokio::select! {
                 _ = self.outbox.wait() => {}
                 _ = closed(closing) => {
-                    return match self.flush(transport).await {
+                    // Written before the connection closes: the process may exit right after.
+                    let flushed = match self.flush(transport).await {
+                        Ok(()) => transport.written().await,
+                        Err(error) => Err(error),
+                    };
+                    return match flushed {
                         Ok(()) => SessionEnd::Closed,
                         Err(error) => SessionEnd::Lost(error),
                     };
@@ -227,7 +235,14 @@ impl Emitter {
     }
 
     async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
-        flush(&self.outbox, transport, &self.published).await
+        self.handoff.flush(transport, &self.sending()).await
+    }
+
+    fn sending(&self) -> Sending<'_> {
+        Sending {
+            outbox: &self.outbox,
+            published: &self.published,
+        }
     }
 }
 
@@ -263,6 +278,8 @@ impl Connecting for Emitter {
         self.first_outcome(Ok(()));
         // A flush that fails while closing ends as lost: the loop then discards what is left.
         let end = self.serve(&*connected.link, closing).await;
+        let lost = matches!(end, SessionEnd::Lost(_));
+        self.handoff.detach(&*connected.link, lost, &self.sending());
         connected.link.close().await;
         end
     }

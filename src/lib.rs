@@ -22,6 +22,7 @@ pub use wire::{PacketPart, Target, WriteFlags};
 #[doc(hidden)]
 pub mod bus;
 pub mod emitter;
+mod handoff;
 #[doc(hidden)]
 pub mod membership;
 #[doc(hidden)]

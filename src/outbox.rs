@@ -117,6 +117,15 @@ impl Outbox {
         Some((key, first))
     }
 
+    /// Pops the next publish if it was numbered already: one put back after a failed publish.
+    pub(crate) fn pop_numbered(&self) -> Option<(String, Envelope)> {
+        let mut queue = self.queue.lock();
+        match queue.front() {
+            Some((_, envelope)) if envelope.seq.is_some() => queue.pop_front(),
+            _ => None,
+        }
+    }
+
     /// Numbers an envelope about to be published to `key` (see `sequence.rs`). The connection
     /// task calls it for what it publishes around the outbox (announcements, goodbye), in the
     /// order it publishes.

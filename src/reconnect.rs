@@ -1,14 +1,12 @@
 //! The connection loop the node and the emitter share ([`keep_connected`]): connect, run a session,
 //! and when the connection is lost or an attempt fails, wait with capped exponential backoff and
-//! try again, until `close()`. Also the pieces around it: an attempt that `close()` may cut short,
-//! sending the outbox over a link, and panic messages.
+//! try again, until `close()`. Also the pieces around it: an attempt that `close()` may cut short
+//! and panic messages.
 
-use crate::bus::{Connected, Link};
-use crate::outbox::{Outbox, MAX_BATCH};
-use crate::transport::LOG_KEY;
-use crate::wire;
+use crate::bus::Connected;
+use crate::outbox::Outbox;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -145,60 +143,6 @@ async fn connect_unless_closed<T>(
             } else {
                 Some(attempt.await)
             }
-        }
-    }
-}
-
-/// AMQP messages handed to lapin together (see [`flush`]).
-const PUBLISHES_IN_FLIGHT: usize = 64;
-
-/// Sends everything in the outbox in order, batched, counting each AMQP message in `published`.
-/// Up to [`PUBLISHES_IN_FLIGHT`] messages go to lapin at once (messages to different rooms cannot
-/// share a batch, but they can share a hand-off). Publishes that fail go back to the front of the
-/// outbox, in order.
-pub(crate) async fn flush(
-    outbox: &Outbox,
-    transport: &dyn Link,
-    published: &AtomicU64,
-) -> Result<(), String> {
-    loop {
-        let mut envelopes = Vec::new();
-        while envelopes.len() < PUBLISHES_IN_FLIGHT {
-            match outbox.pop_batch(MAX_BATCH) {
-                Some(next) => envelopes.push(next),
-                None => break,
-            }
-        }
-        if envelopes.is_empty() {
-            return Ok(());
-        }
-        let bodies: Vec<(String, Vec<u8>, Option<&str>)> = envelopes
-            .iter()
-            .map(|(key, envelope)| {
-                // Storable packets also go to the recovery log, by the same publish.
-                let copy = envelope.message.recoverable() && key != LOG_KEY;
-                (key.clone(), wire::encode(envelope), copy.then_some(LOG_KEY))
-            })
-            .collect();
-        let results = transport.publish_all(&bodies).await;
-        let mut first_error = None;
-        let mut failed = Vec::new();
-        for ((key, envelope), result) in envelopes.into_iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                    failed.push((key, envelope));
-                }
-            }
-        }
-        if let Some(error) = first_error {
-            for (key, envelope) in failed.into_iter().rev() {
-                outbox.push_front(key, envelope);
-            }
-            return Err(error);
         }
     }
 }

@@ -12,12 +12,15 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
+use lapin::types::ShortString;
 use lapin::types::{AMQPValue, FieldTable};
+use lapin::PublisherConfirm;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use parking_lot::Mutex;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// How a node or an emitter reaches the broker: what the adapter and the emitter share.
@@ -105,6 +108,39 @@ pub struct Transport {
     queue_kept: bool,
     /// How this connection was made (for a set-up connection beside it: see `declare_log`).
     config: TransportConfig,
+    /// The write of the last publish handed to lapin (see `hand_off`).
+    last_write: Mutex<LastWrite>,
+}
+
+/// A publish lapin has queued, whose write nobody waits for unless they ask: lapin writes in queue
+/// order, so once the last one is written, so is every one before.
+#[derive(Default)]
+struct LastWrite {
+    write: Option<InFlight<'static, lapin::Result<PublisherConfirm>>>,
+    /// A task waits for it (`written`): only it polls the write then, since a poll replaces the
+    /// waker lapin wakes at completion.
+    awaited: bool,
+    /// A write failed: the connection is broken, and says so from now on.
+    failed: Option<String>,
+}
+
+impl LastWrite {
+    /// Polls the write (if any); a result ends it.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        if let Some(reason) = &self.failed {
+            return Poll::Ready(Err(reason.clone()));
+        }
+        let Some(write) = self.write.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = std::task::ready!(write.as_mut().poll(cx));
+        self.write = None;
+        if let Err(e) = result {
+            self.failed = Some(format!("publishing failed: {e}"));
+            return Poll::Ready(Err(format!("publishing failed: {e}")));
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 const NAMESPACE_KEY_PREFIX: &str = "nsp:";
@@ -223,6 +259,7 @@ impl Transport {
             queue_existed: config.queue_existed,
             queue_kept,
             config: config.clone(),
+            last_write: Mutex::default(),
         };
         Ok((transport, consumer))
     }
@@ -357,29 +394,38 @@ impl Transport {
     /// lapin's I/O thread for the lot instead of a round trip each. One result per publish.
     /// `copy_to`: a second routing key the broker also delivers the message to (the recovery
     /// log), through the `BCC` header: one publish, and the broker strips the header.
-    pub async fn publish_all(
-        &self,
-        messages: &[(String, Vec<u8>, Option<&str>)],
-    ) -> Vec<Result<(), String>> {
-        let publishes = messages
-            .iter()
-            .map(|(key, body, copy_to)| -> InFlight<'_, Result<(), String>> {
-                Box::pin(self.publish_copied(key, body, *copy_to))
-            })
-            .collect();
-        all_in_order(publishes).await
+    /// Queues the publishes in lapin, in order, on the calling thread (lapin's I/O thread is woken
+    /// from here), and keeps the last one's write for `write_state` / `written`.
+    pub fn hand_off(&self, messages: Vec<(String, Vec<u8>, Option<&str>)>) -> Result<(), Refused> {
+        let noop = &mut Context::from_waker(Waker::noop());
+        let mut last = None;
+        for (accepted, (key, body, copy_to)) in messages.into_iter().enumerate() {
+            let mut write = self.publish_owned(key, body, copy_to);
+            // The first poll queues the frames; what is left is waiting for the write.
+            match write.as_mut().poll(noop) {
+                Poll::Ready(Err(e)) => {
+                    return Err(Refused {
+                        accepted,
+                        reason: format!("publishing failed: {e}"),
+                    })
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => last = Some(write),
+            }
+        }
+        if let Some(write) = last {
+            let mut last_write = self.last_write.lock();
+            last_write.write = Some(write);
+        }
+        Ok(())
     }
 
-    pub async fn publish(&self, routing_key: &str, body: &[u8]) -> Result<(), String> {
-        self.publish_copied(routing_key, body, None).await
-    }
-
-    async fn publish_copied(
+    fn publish_owned(
         &self,
-        routing_key: &str,
-        body: &[u8],
+        routing_key: String,
+        body: Vec<u8>,
         copy_to: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> InFlight<'static, lapin::Result<PublisherConfirm>> {
         let properties = match copy_to {
             None => BasicProperties::default(),
             Some(key) => {
@@ -389,17 +435,43 @@ impl Transport {
                 BasicProperties::default().with_headers(headers)
             }
         };
-        self.publisher
-            .basic_publish(
-                self.exchange.clone().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .map(|_confirm| ())
-            .map_err(|e| format!("publishing failed: {e}"))
+        let channel = self.publisher.clone();
+        let exchange = ShortString::from(self.exchange.as_str());
+        Box::pin(async move {
+            channel
+                .basic_publish(
+                    exchange,
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+        })
+    }
+
+    /// Where the last hand-off's write is, without waking anyone.
+    pub fn write_state(&self) -> WriteState {
+        let mut last_write = self.last_write.lock();
+        if last_write.awaited {
+            return WriteState::Pending;
+        }
+        match last_write.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => WriteState::Pending,
+            Poll::Ready(Ok(())) => WriteState::Done,
+            Poll::Ready(Err(reason)) => WriteState::Failed(reason),
+        }
+    }
+
+    /// Resolves once the last hand-off is written (or failed to be).
+    pub async fn written(&self) -> Result<(), String> {
+        std::future::poll_fn(|cx| {
+            let mut last_write = self.last_write.lock();
+            let poll = last_write.poll(cx);
+            last_write.awaited = poll.is_pending();
+            poll
+        })
+        .await
     }
 
     /// Makes sure the recovery log (a durable stream) exists and binds it to the exchange with
@@ -519,6 +591,24 @@ async fn open_connection(
                 redact(&config.url)
             )
         })
+}
+
+/// A hand-off the link refused (it is not connected): the first `accepted` messages went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub accepted: usize,
+    pub reason: String,
+}
+
+/// Where the writes of a link's last hand-off are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteState {
+    /// Written to the connection (or nothing was handed off).
+    Done,
+    /// Still queued for the connection's writer.
+    Pending,
+    /// The connection failed before they were written.
+    Failed(String),
 }
 
 /// Why the recovery log could not be opened.

@@ -1,6 +1,9 @@
 //! The bus over RabbitMQ: [`Transport`] (lapin) behind the seam's traits.
 
-use super::{Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing};
+use super::{
+    Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing, Refused,
+    WriteState,
+};
 use crate::transport::{connect_any, BrokerConfig, Transport, TransportConfig};
 use futures_lite::Stream;
 use lapin::options::BasicAckOptions;
@@ -42,7 +45,7 @@ impl Bus for AmqpBus {
             *self.preferred.lock() = preferred;
             let (transport, consumer) = connected?;
             Ok(Connected {
-                link: Box::new(transport),
+                link: Arc::new(transport),
                 deliveries: consumer.map(|consumer| {
                     Box::new(AmqpDeliveries {
                         consumer,
@@ -67,15 +70,20 @@ impl Link for Transport {
         Box::pin(Transport::rebind(self, changes))
     }
 
-    fn publish_all<'a>(
-        &'a self,
-        messages: &'a [Outgoing<'a>],
-    ) -> BusFuture<'a, Vec<Result<(), String>>> {
-        Box::pin(Transport::publish_all(self, messages))
+    fn hand_off(&self, messages: Vec<Outgoing<'_>>) -> Result<(), Refused> {
+        Transport::hand_off(self, messages)
     }
 
-    fn publish<'a>(&'a self, key: &'a str, body: &'a [u8]) -> BusFuture<'a, Result<(), String>> {
-        Box::pin(Transport::publish(self, key, body))
+    fn publish(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
+        Transport::hand_off(self, vec![(key.to_string(), body, None)]).map_err(|r| r.reason)
+    }
+
+    fn write_state(&self) -> WriteState {
+        Transport::write_state(self)
+    }
+
+    fn written(&self) -> BusFuture<'_, Result<(), String>> {
+        Box::pin(Transport::written(self))
     }
 
     fn queue_kept(&self) -> bool {

@@ -5,7 +5,10 @@
 //! senders; each sender's own order is kept, as one AMQP channel's is), stall a queue's bindings,
 //! drop every connection at once, refuse new ones.
 
-use super::{Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing};
+use super::{
+    Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing, Refused,
+    WriteState,
+};
 use futures_lite::Stream;
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -19,6 +22,8 @@ pub struct MemoryBroker {
     state: Mutex<State>,
     /// Wakes stalled bindings when the test lets them through.
     unstalled: Notify,
+    /// Wakes those waiting for held writes.
+    writes_released: Notify,
 }
 
 #[derive(Default)]
@@ -33,6 +38,12 @@ struct State {
     stalled: HashSet<String>,
     /// Every publish, in order: (routing key, body).
     published: Vec<(String, Vec<u8>)>,
+    /// Hand-offs are not written (routed) until `release_writes`, as when lapin's writer lags.
+    holding_writes: bool,
+    /// Held hand-offs: (connection, routing key, body, copy-to key).
+    unwritten: Vec<(u64, String, Vec<u8>, Option<String>)>,
+    /// Connections that were dropped with hand-offs not written.
+    failed_writes: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -100,9 +111,32 @@ impl MemoryBroker {
     pub fn drop_connections(&self) {
         let mut state = self.state.lock();
         state.live.clear();
+        let lost: Vec<u64> = state.unwritten.drain(..).map(|(c, ..)| c).collect();
+        state.failed_writes.extend(lost);
+        self.writes_released.notify_waiters();
         for queue in state.queues.values_mut() {
             queue.requeue_unacked();
         }
+    }
+
+    /// Keeps what links hand off from being written until `release_writes`.
+    pub fn hold_writes(&self) {
+        self.state.lock().holding_writes = true;
+    }
+
+    /// Writes (routes) the held hand-offs, in order, and stops holding.
+    pub fn release_writes(&self) {
+        let mut state = self.state.lock();
+        state.holding_writes = false;
+        for (_, key, body, copy_to) in std::mem::take(&mut state.unwritten) {
+            state.route(&key, copy_to.as_deref(), &body);
+        }
+        self.writes_released.notify_waiters();
+    }
+
+    /// Hand-offs held, not written.
+    pub fn unwritten(&self) -> usize {
+        self.state.lock().unwritten.len()
     }
 
     /// Refuses (`true`) or accepts new connections.
@@ -221,7 +255,7 @@ impl Bus for MemoryBus {
                 }) as Box<dyn Deliveries>);
             }
             Ok(Connected {
-                link: Box::new(MemoryLink {
+                link: Arc::new(MemoryLink {
                     broker: self.0.clone(),
                     connection,
                     queue: endpoint.queue.clone().unwrap_or_default(),
@@ -248,6 +282,16 @@ impl MemoryLink {
             Ok(())
         } else {
             Err("the connection was dropped (in-memory bus)".to_string())
+        }
+    }
+
+    /// Routes a hand-off now, or holds it while the broker holds writes.
+    fn write(&self, state: &mut State, key: String, body: Vec<u8>, copy_to: Option<&str>) {
+        if state.holding_writes {
+            let copy_to = copy_to.map(str::to_string);
+            state.unwritten.push((self.connection, key, body, copy_to));
+        } else {
+            state.route(&key, copy_to, &body);
         }
     }
 
@@ -292,29 +336,46 @@ impl Link for MemoryLink {
         })
     }
 
-    fn publish_all<'a>(
-        &'a self,
-        messages: &'a [Outgoing<'a>],
-    ) -> BusFuture<'a, Vec<Result<(), String>>> {
-        Box::pin(async move {
-            let mut state = self.broker.state.lock();
-            messages
-                .iter()
-                .map(|(key, body, copy_to)| {
-                    self.live(&state)?;
-                    state.route(key, *copy_to, body);
-                    Ok(())
-                })
-                .collect()
-        })
+    fn hand_off(&self, messages: Vec<Outgoing<'_>>) -> Result<(), Refused> {
+        let mut state = self.broker.state.lock();
+        for (accepted, (key, body, copy_to)) in messages.into_iter().enumerate() {
+            self.live(&state)
+                .map_err(|reason| Refused { accepted, reason })?;
+            self.write(&mut state, key, body, copy_to);
+        }
+        Ok(())
     }
 
-    fn publish<'a>(&'a self, key: &'a str, body: &'a [u8]) -> BusFuture<'a, Result<(), String>> {
+    fn publish(&self, key: &str, body: Vec<u8>) -> Result<(), String> {
+        let mut state = self.broker.state.lock();
+        self.live(&state)?;
+        self.write(&mut state, key.to_string(), body, None);
+        Ok(())
+    }
+
+    fn write_state(&self) -> WriteState {
+        let state = self.broker.state.lock();
+        if state.failed_writes.contains(&self.connection) {
+            WriteState::Failed("the connection was dropped before writing (in-memory bus)".into())
+        } else if state.unwritten.iter().any(|(c, ..)| *c == self.connection) {
+            WriteState::Pending
+        } else {
+            WriteState::Done
+        }
+    }
+
+    fn written(&self) -> BusFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let mut state = self.broker.state.lock();
-            self.live(&state)?;
-            state.route(key, None, body);
-            Ok(())
+            loop {
+                let released = self.broker.writes_released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                match self.write_state() {
+                    WriteState::Done => return Ok(()),
+                    WriteState::Failed(reason) => return Err(reason),
+                    WriteState::Pending => released.await,
+                }
+            }
         })
     }
 

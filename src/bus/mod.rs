@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::transport::LogError;
+pub use crate::transport::{LogError, Refused, WriteState};
 
 /// A boxed future: the seam is used through `dyn`, so its methods return these.
 pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -62,7 +62,7 @@ pub trait Bus: Send + Sync {
 
 /// A new connection: its link and, for a server, its deliveries.
 pub struct Connected {
-    pub link: Box<dyn Link>,
+    pub link: Arc<dyn Link>,
     pub deliveries: Option<Box<dyn Deliveries>>,
 }
 
@@ -73,13 +73,18 @@ pub trait Link: Send + Sync {
     fn unbind<'a>(&'a self, key: &'a str) -> BusFuture<'a, Result<(), String>>;
     /// Binds (`true`) or unbinds each key, all in flight at once; the first error, if any.
     fn rebind<'a>(&'a self, changes: &'a [(String, bool)]) -> BusFuture<'a, Result<(), String>>;
-    /// Publishes each (routing key, body, copy-to key) in order, all in flight at once; one result
-    /// per message. The copy-to key also receives the message (the recovery log).
-    fn publish_all<'a>(
-        &'a self,
-        messages: &'a [Outgoing<'a>],
-    ) -> BusFuture<'a, Vec<Result<(), String>>>;
-    fn publish<'a>(&'a self, key: &'a str, body: &'a [u8]) -> BusFuture<'a, Result<(), String>>;
+    /// Hands each (routing key, body, copy-to key) to the connection, in order, without waiting
+    /// for it to be written: the caller's thread queues it and wakes the connection's writer
+    /// (waiting for each write would wake the caller's thread again per publish). The copy-to key
+    /// also receives the message (the recovery log). A link that is not connected refuses: then
+    /// the messages from the first refused one on were not handed off.
+    fn hand_off(&self, messages: Vec<Outgoing<'_>>) -> Result<(), Refused>;
+    /// Hands one message to the connection (as [`hand_off`](Self::hand_off)).
+    fn publish(&self, key: &str, body: Vec<u8>) -> Result<(), String>;
+    /// How the writes of the last hand-off stand, found out without waking anyone.
+    fn write_state(&self) -> WriteState;
+    /// Resolves once everything handed off so far is written (or its writing failed).
+    fn written(&self) -> BusFuture<'_, Result<(), String>>;
     /// An earlier session declared the queue and it was still there.
     fn queue_kept(&self) -> bool;
     /// An earlier session declared the queue and it was gone.

@@ -32,6 +32,7 @@ pub use inbox::{Drained, RoomChange, Waker};
 
 use crate::bus::amqp::AmqpBus;
 use crate::bus::Bus;
+use crate::handoff::{Handoff, Sending};
 use crate::membership::Peers;
 use crate::outbox::Outbox;
 use crate::reconnect::panic_text;
@@ -142,6 +143,8 @@ pub struct Node {
     pub(crate) rooms: RoomBindings,
     requests: Mutex<Requests>,
     pub(crate) outbox: Outbox,
+    /// Hands the outbox to the link, from the JS thread or the connection task.
+    pub(crate) handoff: Handoff,
     control: mpsc::UnboundedSender<Control>,
     pending_control: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
     inbox: Inbox,
@@ -186,6 +189,7 @@ impl Node {
             rooms: RoomBindings::default(),
             requests: Mutex::default(),
             outbox,
+            handoff: Handoff::default(),
             control,
             pending_control: Mutex::new(Some(receiver)),
             inbox: Inbox::new(waker, max_pending),
@@ -351,9 +355,20 @@ impl Node {
         self.queue(key, nsp, message);
     }
 
-    /// Wakes the connection task for the publishes the host queued.
+    /// Sends the publishes the host queued: hands them to the link on the calling thread when it
+    /// can (see `handoff.rs`), else wakes the connection task for them.
     pub fn send_queued(&self) {
-        self.outbox.wake();
+        if !self.handoff.send_now(&self.sending()) {
+            self.outbox.wake();
+        }
+    }
+
+    /// The outbox and its publish counter, for a hand-off.
+    pub(crate) fn sending(&self) -> Sending<'_> {
+        Sending {
+            outbox: &self.outbox,
+            published: &self.stats.published,
+        }
     }
 
     /// The room key for a broadcast to exactly one room, when every server of the namespace binds

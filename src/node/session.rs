@@ -8,11 +8,11 @@ use super::inbox::{Drained, Inbound};
 use super::{Control, Node};
 use crate::bus::{Connected, Deliveries, Endpoint, Link};
 use crate::outbox::Outbox;
-use crate::reconnect::{closed, flush, keep_connected, Connecting, SessionEnd, SessionStart};
+use crate::reconnect::{closed, keep_connected, Connecting, SessionEnd, SessionStart};
 use crate::requests::Departure;
 use crate::room_bindings::RoomRef;
 use crate::transport::{namespace_key, room_key, server_key, CLUSTER_KEY};
-use crate::wire::{self, Envelope, Message};
+use crate::wire::{Envelope, Message};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -55,7 +55,8 @@ impl Connecting for Arc<Node> {
         control: &mut Self::Commands,
         closing: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let transport = &*connected.link;
+        let link = connected.link;
+        let transport = &*link;
         let Some(deliveries) = connected.deliveries else {
             transport.close().await;
             return SessionEnd::Lost("the broker link of a server has no deliveries".into());
@@ -64,8 +65,10 @@ impl Connecting for Arc<Node> {
         // of trouble and now hears that it is over.
         let reconnected = (start.ever_connected || start.attempts > 1).then_some(start.attempts);
         let end = self
-            .serve(transport, deliveries, reconnected, control, closing)
+            .serve(&link, deliveries, reconnected, control, closing)
             .await;
+        let lost = matches!(end, SessionEnd::Lost(_));
+        self.handoff.detach(transport, lost, &self.sending());
         match &end {
             SessionEnd::Closed => {
                 self.rooms.session_ended();
@@ -73,7 +76,8 @@ impl Connecting for Arc<Node> {
                 // counting this server, and its queue goes: nobody will come back for it.
                 let _ = self.flush(transport).await;
                 let goodbye = self.envelope("", Message::Goodbye);
-                let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye).await;
+                let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye);
+                let _ = transport.written().await;
                 if let Err(error) = transport.delete_queue().await {
                     self.report(format!(
                         "{error}; the broker deletes it by itself once its expiry passes"
@@ -123,12 +127,13 @@ impl Node {
     /// outage, then serves publishes, bindings, heartbeats and the peer sweep until closed or lost.
     pub(super) async fn serve(
         self: &Arc<Self>,
-        transport: &dyn Link,
+        link: &Arc<dyn Link>,
         deliveries: Box<dyn Deliveries>,
         reconnected_after: Option<u32>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         closing: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
+        let transport = &**link;
         let (lost_tx, mut lost) = oneshot::channel();
         tokio::spawn(self.clone().consume(deliveries, lost_tx));
 
@@ -150,6 +155,14 @@ impl Node {
                 return SessionEnd::Lost(error);
             }
         }
+        // Numbered before the hello: it must reach the others first (see `resend_unwritten`).
+        if let Err(error) = self
+            .handoff
+            .resend_unwritten(transport, &self.sending())
+            .await
+        {
+            return SessionEnd::Lost(error);
+        }
         if let Err(error) = self.announce(transport, true).await {
             return SessionEnd::Lost(error);
         }
@@ -162,6 +175,8 @@ impl Node {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.reset();
         let mut sweep = tokio::time::interval(sweep_period(self.config.heartbeat_timeout));
+        // From here on the JS thread may hand its publishes to the link itself.
+        self.handoff.attach(link.clone());
         loop {
             if let Err(error) = self.flush(transport).await {
                 return SessionEnd::Lost(error);
@@ -247,7 +262,7 @@ impl Node {
     }
 
     pub(super) async fn flush(&self, transport: &dyn Link) -> Result<(), String> {
-        flush(&self.outbox, transport, &self.stats.published).await
+        self.handoff.flush(transport, &self.sending()).await
     }
 
     /// Room routing: binds the keys of the rooms among `rooms` that have local members and are
@@ -364,20 +379,18 @@ impl Node {
     /// Tells every server which namespaces this one serves (`hello` asks them to answer).
     pub(super) async fn announce(&self, transport: &dyn Link, hello: bool) -> Result<(), String> {
         let envelope = self.envelope("", self.announcement(hello));
-        self.publish_counted(transport, CLUSTER_KEY, envelope).await
+        self.publish_counted(transport, CLUSTER_KEY, envelope)
     }
 
     /// Publishes around the outbox (announcements, goodbye), numbered in publish order.
-    pub(super) async fn publish_counted(
+    pub(super) fn publish_counted(
         &self,
         transport: &dyn Link,
         key: &str,
-        mut envelope: Envelope,
+        envelope: Envelope,
     ) -> Result<(), String> {
-        self.outbox.stamp(key, &mut envelope);
-        transport.publish(key, &wire::encode(&envelope)).await?;
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        self.handoff
+            .publish_numbered(transport, key, envelope, &self.sending())
     }
 }
 

@@ -1,16 +1,5 @@
 use super::*;
 
-async fn pair(room_routing: bool) -> (Arc<MemoryBroker>, Server, Server) {
-    let broker = MemoryBroker::new();
-    let a = Server::serving(&broker, config(room_routing)).await;
-    let b = Server::serving(&broker, config(room_routing)).await;
-    until(Duration::from_millis(100), "both count 2", || {
-        a.count("/") == 2 && b.count("/") == 2
-    })
-    .await;
-    (broker, a, b)
-}
-
 /// A broadcast nobody on B matches never wakes B's host; one that matches wakes it once.
 #[tokio::test(start_paused = true)]
 async fn only_broadcasts_with_local_recipients_wake_the_host() {
@@ -79,8 +68,7 @@ async fn malformed_messages_are_dropped_and_reported_and_traffic_goes_on() {
         let junk = [0xc1, i, 0xff];
         connected
             .link
-            .publish(&namespace_key("/"), &junk)
-            .await
+            .publish(&namespace_key("/"), junk.to_vec())
             .unwrap();
     }
     a.broadcast(&["r"], "after the junk");
@@ -175,7 +163,7 @@ async fn room_routing_keeps_the_namespace_key_where_every_server_must_see_it() {
                 offset: None,
             }
         });
-    a.node.send_queued();
+    // One JS turn: the broadcast's send_queued sends both.
     a.broadcast(&["r", "s"], "two rooms");
     settle().await;
     assert_eq!(

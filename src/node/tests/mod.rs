@@ -141,6 +141,18 @@ fn all_count(servers: &[Server], expected: usize) -> bool {
 }
 
 /// Three servers serving `/` on a new broker, counting each other.
+/// Two servers serving "/" that count each other.
+async fn pair(room_routing: bool) -> (Arc<MemoryBroker>, Server, Server) {
+    let broker = MemoryBroker::new();
+    let a = Server::serving(&broker, config(room_routing)).await;
+    let b = Server::serving(&broker, config(room_routing)).await;
+    until(Duration::from_millis(100), "both count 2", || {
+        a.count("/") == 2 && b.count("/") == 2
+    })
+    .await;
+    (broker, a, b)
+}
+
 async fn three() -> (Arc<MemoryBroker>, [Server; 3]) {
     let broker = MemoryBroker::new();
     let servers = [
@@ -158,5 +170,6 @@ async fn three() -> (Arc<MemoryBroker>, [Server; 3]) {
 mod delivery;
 mod emitter;
 mod handle;
+mod handoff;
 mod membership;
 mod requests;
