@@ -210,10 +210,14 @@ impl Emitter {
                 _ = self.outbox.wait() => {}
                 _ = closed(closing) => {
                     // Written before the connection closes: the process may exit right after.
-                    let flushed = match self.flush(transport).await {
-                        Ok(()) => transport.written().await,
-                        Err(error) => Err(error),
+                    let flush = async {
+                        self.flush(transport).await?;
+                        transport.written().await
                     };
+                    let limit = self.config.connect_timeout;
+                    let flushed = tokio::time::timeout(limit, flush).await.unwrap_or_else(|_| {
+                        Err(format!("the broker did not take the last publishes within {} ms", limit.as_millis()))
+                    });
                     return match flushed {
                         Ok(()) => SessionEnd::Closed,
                         Err(error) => SessionEnd::Lost(error),
@@ -280,7 +284,7 @@ impl Connecting for Emitter {
         let end = self.serve(&*connected.link, closing).await;
         let lost = matches!(end, SessionEnd::Lost(_));
         self.handoff.detach(&*connected.link, lost, &self.sending());
-        connected.link.close().await;
+        let _ = tokio::time::timeout(self.config.connect_timeout, connected.link.close()).await;
         end
     }
 

@@ -23,6 +23,7 @@ pub use wire::{PacketPart, Target, WriteFlags};
 pub mod bus;
 pub mod emitter;
 mod handoff;
+mod io_thread;
 #[doc(hidden)]
 pub mod membership;
 #[doc(hidden)]

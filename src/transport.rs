@@ -7,6 +7,7 @@
 //! routing key per namespace the server serves. A message is published once per namespace key and
 //! RabbitMQ copies it to each bound queue at most once.
 
+use crate::io_thread::IoThread;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -110,6 +111,14 @@ pub struct Transport {
     config: TransportConfig,
     /// The write of the last publish handed to lapin (see `hand_off`).
     last_write: Mutex<LastWrite>,
+    /// Runs the receive task on this connection's lapin I/O thread.
+    io_thread: IoThread,
+}
+
+/// A server's consumer and the channel it consumes on (acknowledgements go on it directly).
+pub struct Consuming {
+    pub channel: Channel,
+    pub consumer: Consumer,
 }
 
 /// A publish lapin has queued, whose write nobody waits for unless they ask: lapin writes in queue
@@ -203,7 +212,7 @@ impl Transport {
     /// consuming it.
     pub async fn connect(
         config: &TransportConfig,
-    ) -> Result<(Transport, Option<Consumer>), String> {
+    ) -> Result<(Transport, Option<Consuming>), String> {
         let timeout = config.connect_timeout;
         match tokio::time::timeout(timeout, Self::connect_inner(config)).await {
             Ok(result) => result,
@@ -217,10 +226,10 @@ impl Transport {
 
     async fn connect_inner(
         config: &TransportConfig,
-    ) -> Result<(Transport, Option<Consumer>), String> {
+    ) -> Result<(Transport, Option<Consuming>), String> {
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.clone().into());
-        let connection = open_connection(config, properties).await?;
+        let (connection, io_thread) = open_connection(config, properties).await?;
         let step = |what: &'static str| move |e: lapin::Error| format!("{what} failed: {e}");
 
         let publisher = connection
@@ -260,6 +269,7 @@ impl Transport {
             queue_kept,
             config: config.clone(),
             last_write: Mutex::default(),
+            io_thread,
         };
         Ok((transport, consumer))
     }
@@ -305,7 +315,7 @@ impl Transport {
         connection: &Connection,
         config: &TransportConfig,
         queue: &str,
-    ) -> Result<Consumer, String> {
+    ) -> Result<Consuming, String> {
         let step = |what: &'static str| move |e: lapin::Error| format!("{what} failed: {e}");
         let channel = connection
             .create_channel()
@@ -338,7 +348,7 @@ impl Transport {
                 .await
                 .map_err(|e| format!("binding '{key}' failed: {e}"))?;
         }
-        channel
+        let consumer = channel
             .basic_consume(
                 queue.into(),
                 "".into(),
@@ -346,7 +356,13 @@ impl Transport {
                 FieldTable::default(),
             )
             .await
-            .map_err(step("consuming the server's queue"))
+            .map_err(step("consuming the server's queue"))?;
+        Ok(Consuming { channel, consumer })
+    }
+
+    /// Runs the server's receive task on this connection's lapin I/O thread (see `io_thread.rs`).
+    pub fn spawn_receiver(&self, task: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.io_thread.spawn(task);
     }
 
     pub async fn bind(&self, routing_key: &str) -> Result<(), String> {
@@ -497,7 +513,8 @@ impl Transport {
                 .map_err(|_| {
                     LogError::NotReady("the recovery log's set-up connection timed out".into())
                 })?
-                .map_err(LogError::NotReady)?;
+                .map_err(LogError::NotReady)?
+                .0;
             let durable = QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
@@ -573,18 +590,20 @@ impl Transport {
     }
 }
 
-/// Opens a connection as `config` says (URL, TLS, timeout is the caller's).
+/// Opens a connection as `config` says (URL, TLS, timeout is the caller's), on a lapin runtime that
+/// can run a task on the connection's I/O thread.
 async fn open_connection(
     config: &TransportConfig,
     properties: ConnectionProperties,
-) -> Result<Connection, String> {
+) -> Result<(Connection, IoThread), String> {
     let tls = OwnedTLSConfig {
         identity: None,
         cert_chain: config.tls_ca.clone(),
     };
-    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    let (runtime, io_thread) = IoThread::runtime();
     Connection::connect_with_config(&config.url, properties, tls, runtime)
         .await
+        .map(|connection| (connection, io_thread))
         .map_err(|e| {
             format!(
                 "could not connect to the AMQP broker at {}: {e}",
@@ -667,7 +686,7 @@ pub async fn connect_any(
     urls: &[String],
     preferred: &mut usize,
     config_for: impl Fn(&str) -> TransportConfig,
-) -> Result<(Transport, Option<Consumer>), String> {
+) -> Result<(Transport, Option<Consuming>), String> {
     let mut errors = Vec::new();
     for offset in 0..urls.len() {
         let index = (*preferred + offset) % urls.len();

@@ -4,14 +4,14 @@ use super::{
     Bus, BusFuture, Connected, Deliveries, Delivery, Endpoint, Link, LogError, Outgoing, Refused,
     WriteState,
 };
-use crate::transport::{connect_any, BrokerConfig, Transport, TransportConfig};
+use crate::transport::{connect_any, BrokerConfig, Consuming, Transport, TransportConfig};
 use futures_lite::Stream;
 use lapin::options::BasicAckOptions;
-use lapin::Acker;
 use parking_lot::Mutex;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 /// RabbitMQ at the URLs of a [`BrokerConfig`].
 pub struct AmqpBus {
@@ -43,12 +43,13 @@ impl Bus for AmqpBus {
             let mut preferred = *self.preferred.lock();
             let connected = connect_any(&self.config.urls, &mut preferred, config_for).await;
             *self.preferred.lock() = preferred;
-            let (transport, consumer) = connected?;
+            let (transport, consuming) = connected?;
             Ok(Connected {
                 link: Arc::new(transport),
-                deliveries: consumer.map(|consumer| {
+                deliveries: consuming.map(|Consuming { channel, consumer }| {
                     Box::new(AmqpDeliveries {
                         consumer,
+                        channel,
                         last: None,
                     }) as Box<dyn Deliveries>
                 }),
@@ -114,13 +115,20 @@ impl Link for Transport {
     fn close(&self) -> BusFuture<'_, ()> {
         Box::pin(Transport::close(self))
     }
+
+    fn spawn_receiver(&self, task: BusFuture<'static, ()>) {
+        Transport::spawn_receiver(self, task)
+    }
 }
 
-/// A lapin consumer as [`Deliveries`]: keeps the acker of the last delivery, since one
-/// `multiple` ack of it acknowledges every one before.
+/// A lapin consumer as [`Deliveries`]: keeps the tag of the last delivery, since one `multiple`
+/// ack of it acknowledges every one before.
 struct AmqpDeliveries {
     consumer: lapin::Consumer,
-    last: Option<Acker>,
+    /// The consumer's channel: acknowledgements go on it directly (lapin's `Acker` sends them
+    /// through its internal task on the runtime thread, a hand-off per ack).
+    channel: lapin::Channel,
+    last: Option<u64>,
 }
 
 impl Stream for AmqpDeliveries {
@@ -131,7 +139,7 @@ impl Stream for AmqpDeliveries {
         Pin::new(&mut this.consumer).poll_next(cx).map(|next| {
             next.map(|delivery| match delivery {
                 Ok(delivery) => {
-                    this.last = Some(delivery.acker);
+                    this.last = Some(delivery.delivery_tag);
                     Ok(Delivery {
                         body: delivery.data,
                         // Moved out, not copied: this runs per delivery.
@@ -145,12 +153,15 @@ impl Stream for AmqpDeliveries {
 }
 
 impl Deliveries for AmqpDeliveries {
+    /// Queues the ack frame and wakes lapin's writer, without waiting for the write: an ack that
+    /// never reaches the broker (the connection went) only means a redelivery, which receivers drop.
     fn ack_delivered(&mut self) -> BusFuture<'_, ()> {
-        let last = self.last.take();
-        Box::pin(async move {
-            if let Some(acker) = last {
-                let _ = acker.ack(BasicAckOptions { multiple: true }).await;
-            }
-        })
+        if let Some(tag) = self.last.take() {
+            let mut ack = std::pin::pin!(self
+                .channel
+                .basic_ack(tag, BasicAckOptions { multiple: true }));
+            let _ = ack.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        }
+        Box::pin(std::future::ready(()))
     }
 }

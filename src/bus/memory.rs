@@ -364,6 +364,10 @@ impl Link for MemoryLink {
         }
     }
 
+    fn spawn_receiver(&self, task: BusFuture<'static, ()>) {
+        tokio::spawn(task);
+    }
+
     fn written(&self) -> BusFuture<'_, Result<(), String>> {
         Box::pin(async move {
             loop {

@@ -101,6 +101,9 @@ pub trait Link: Send + Sync {
     /// Deletes the server's queue (closing for good).
     fn delete_queue(&self) -> BusFuture<'_, Result<(), String>>;
     fn close(&self) -> BusFuture<'_, ()>;
+    /// Runs the server's receive task (its consumer loop) where deliveries are cheapest to take:
+    /// for RabbitMQ, on the connection's lapin I/O thread (see `io_thread.rs`).
+    fn spawn_receiver(&self, task: BusFuture<'static, ()>);
 }
 
 /// One message to publish: routing key, body, and the key of a copy (the recovery log).

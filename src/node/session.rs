@@ -74,19 +74,35 @@ impl Connecting for Arc<Node> {
                 self.rooms.session_ended();
                 // Whatever was emitted before close() still goes out, then the others stop
                 // counting this server, and its queue goes: nobody will come back for it.
-                let _ = self.flush(transport).await;
-                let goodbye = self.envelope("", Message::Goodbye);
-                let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye);
-                let _ = transport.written().await;
-                if let Err(error) = transport.delete_queue().await {
+                let farewell = async {
+                    let _ = self.flush(transport).await;
+                    let goodbye = self.envelope("", Message::Goodbye);
+                    let _ = self.publish_counted(transport, CLUSTER_KEY, goodbye);
+                    let _ = transport.written().await;
+                    if let Err(error) = transport.delete_queue().await {
+                        self.report(format!(
+                            "{error}; the broker deletes it by itself once its expiry passes"
+                        ));
+                    }
+                };
+                // A broker that stops answering must not keep close() waiting.
+                let limit = self.config.broker.connect_timeout;
+                if tokio::time::timeout(limit, farewell).await.is_err() {
                     self.report(format!(
-                        "{error}; the broker deletes it by itself once its expiry passes"
+                        "closing: the broker did not answer within {} ms; the connection is \
+                         closed without the goodbye and the queue's deletion (the others forget \
+                         this server after the heartbeat timeout, the broker deletes the queue \
+                         after its expiry)",
+                        limit.as_millis()
                     ));
                 }
-                transport.close().await;
+                let _ = tokio::time::timeout(limit, transport.close()).await;
                 refuse_all(control, "the adapter is closed");
             }
-            SessionEnd::Lost(_) => transport.close().await,
+            SessionEnd::Lost(_) => {
+                let _ = tokio::time::timeout(self.config.broker.connect_timeout, transport.close())
+                    .await;
+            }
         }
         end
     }
@@ -135,7 +151,7 @@ impl Node {
     ) -> SessionEnd {
         let transport = &**link;
         let (lost_tx, mut lost) = oneshot::channel();
-        tokio::spawn(self.clone().consume(deliveries, lost_tx));
+        transport.spawn_receiver(Box::pin(self.clone().consume(deliveries, lost_tx)));
 
         // Only a queue an earlier session declared can be lost: a server whose first attempts
         // failed reconnects (`reconnected_after`) to a queue it never had.
