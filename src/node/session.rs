@@ -194,7 +194,15 @@ impl Node {
         // From here on the JS thread may hand its publishes to the link itself.
         self.handoff.attach(link.clone());
         loop {
-            if let Err(error) = self.flush(transport).await {
+            // A flush waits for lapin's writes while more is waiting: the loss of the connection
+            // or close() ends that wait too (what was not written goes back to the outbox).
+            let flushed = tokio::select! {
+                biased;
+                reason = &mut lost => return SessionEnd::Lost(reason.unwrap_or_default()),
+                _ = closed(closing) => return SessionEnd::Closed,
+                flushed = self.flush(transport) => flushed,
+            };
+            if let Err(error) = flushed {
                 return SessionEnd::Lost(error);
             }
             if self.hello_answer_due.swap(false, Ordering::SeqCst) {
