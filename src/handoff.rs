@@ -1,11 +1,13 @@
 //! Handing the outbox to the broker link, from whichever thread asks: the connection task, which
 //! waits for lapin's writes when more is waiting (back-pressure), or the host's thread at the end
-//! of its turn, which hands off only while the link has nothing left to write and never waits.
+//! of its turn, which never waits: it leaves the hand-off to the connection task once a few of its
+//! own are still unwritten.
 //!
 //! Why the host's thread: waking the connection task to hand off cost a thread wake-up per JS turn,
 //! and waiting there for lapin's write cost another when lapin finished. Now a publish goes from the
-//! JS thread straight to lapin's I/O thread, and a write is waited for only when the next hand-off
-//! would otherwise queue behind it (so lapin holds at most one hand-off that is not written).
+//! JS thread straight to lapin's I/O thread, and a write is waited for only when hand-offs pile up
+//! behind it (lapin holds at most a few hand-offs that are not written; the rest waits, bounded,
+//! in the outbox).
 //!
 //! What a failed connection had not written yet is put back at the front of the outbox, as it was
 //! (numbered): the next session sends it again, and a receiver that did get it drops the copy.
@@ -22,6 +24,12 @@ use std::sync::Arc;
 /// they can share a hand-off.
 const PUBLISHES_PER_HAND_OFF: usize = 64;
 
+/// Hand-offs the host's thread may leave unwritten in lapin before the connection task takes over
+/// (and waits for the writes). More than one: on a busy machine lapin's thread often has not run
+/// yet when the next JS turn publishes, and waking the connection task then costs the hand-off
+/// this module saves.
+const UNWRITTEN_HAND_OFFS: usize = 4;
+
 #[derive(Default)]
 pub(crate) struct Handoff {
     state: Mutex<State>,
@@ -31,8 +39,10 @@ pub(crate) struct Handoff {
 struct State {
     /// The link the host's thread may hand off to: set while a session serves.
     attached: Option<Arc<dyn Link>>,
-    /// The last hand-off, until the link has written it.
+    /// What was handed off and is not known to be written yet, in order.
     unwritten: Vec<(String, Envelope)>,
+    /// How many hand-offs that is.
+    hand_offs: usize,
 }
 
 /// The outbox and its publish counter, which every hand-off updates together.
@@ -57,9 +67,9 @@ impl Handoff {
         }
     }
 
-    /// The host's end of turn: hands off what is waiting if the attached link has written
-    /// everything before. False when something is left for the connection task (no link, a write
-    /// in progress, more than one hand-off's worth, a failure).
+    /// The host's end of turn: hands off what is waiting unless the attached link still has
+    /// [`UNWRITTEN_HAND_OFFS`] hand-offs to write. False when something is left for the connection
+    /// task (no link, writes behind, more than one hand-off's worth, a failure).
     pub(crate) fn send_now(&self, sending: &Sending<'_>) -> bool {
         let Some(mut state) = self.state.try_lock() else {
             return false;
@@ -67,8 +77,10 @@ impl Handoff {
         let Some(link) = state.attached.clone() else {
             return false;
         };
-        if settle(&mut state, &*link, sending) != Ok(true) {
-            return false;
+        match settle(&mut state, &*link, sending) {
+            Ok(true) => {}
+            Ok(false) if state.hand_offs < UNWRITTEN_HAND_OFFS => {}
+            Ok(false) | Err(_) => return false,
         }
         matches!(hand_off_next(&mut state, &*link, sending), Ok(false))
     }
@@ -142,6 +154,7 @@ fn settle(
     match link.write_state() {
         WriteState::Done => {
             state.unwritten.clear();
+            state.hand_offs = 0;
             Ok(true)
         }
         WriteState::Pending => Ok(false),
@@ -153,7 +166,7 @@ fn settle(
 }
 
 /// Hands off the next publishes (up to [`PUBLISHES_PER_HAND_OFF`] AMQP messages, each a batch of
-/// up to [`MAX_BATCH`]); true when more is waiting. The last hand-off must be written.
+/// up to [`MAX_BATCH`]); true when more is waiting.
 fn hand_off_next(
     state: &mut MutexGuard<'_, State>,
     link: &dyn Link,
@@ -173,8 +186,7 @@ fn hand_off_next(
     Ok(sending.outbox.len() > 0)
 }
 
-/// Hands `envelopes` (popped from the outbox, numbered) to the link as the new unwritten
-/// hand-off; the last one must be written.
+/// Hands `envelopes` (popped from the outbox, numbered) to the link, after the unwritten ones.
 fn hand_off(
     state: &mut MutexGuard<'_, State>,
     link: &dyn Link,
@@ -191,7 +203,8 @@ fn hand_off(
         .collect();
     let count = envelopes.len() as u64;
     sending.published.fetch_add(count, Ordering::Relaxed);
-    state.unwritten = envelopes;
+    state.unwritten.extend(envelopes);
+    state.hand_offs += 1;
     link.hand_off(bodies).map_err(|refused| {
         // What the link took will not be written either: it is not connected.
         put_back(state, sending);
@@ -199,8 +212,9 @@ fn hand_off(
     })
 }
 
-/// The last hand-off back to the front of the outbox, in order, uncounted.
+/// What is not known to be written back to the front of the outbox, in order, uncounted.
 fn put_back(state: &mut MutexGuard<'_, State>, sending: &Sending<'_>) {
+    state.hand_offs = 0;
     let unwritten = std::mem::take(&mut state.unwritten);
     sending
         .published

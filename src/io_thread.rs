@@ -115,8 +115,12 @@ impl IoThread {
             if !shared.woken.swap(false, Ordering::AcqRel) {
                 return;
             }
-            let mut task = match std::mem::replace(&mut *shared.slot.lock(), Slot::Running) {
+            // Its own statement: the slot's lock is released before the `match` below takes it
+            // again (a temporary in a match's scrutinee would hold it through the arms).
+            let taken = std::mem::replace(&mut *shared.slot.lock(), Slot::Running);
+            let mut task = match taken {
                 Slot::Ready(task) => task,
+                // A late wake for a task that ended, or none yet.
                 other => {
                     *shared.slot.lock() = other;
                     return;
@@ -385,5 +389,10 @@ mod tests {
         io_thread.spawn(Box::pin(async move { flag.store(true, Ordering::SeqCst) }));
         io_thread.run_woken(waker, true);
         assert!(ran.load(Ordering::SeqCst));
+        // A wake after the task ended (a timer it left behind, say) finds no task: nothing runs,
+        // nothing blocks.
+        Waker::from(io_thread.shared.clone()).wake();
+        io_thread.run_woken(waker, true);
+        assert!(matches!(*io_thread.shared.slot.lock(), Slot::Empty));
     }
 }
