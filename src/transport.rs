@@ -126,9 +126,10 @@ pub struct Consuming {
 #[derive(Default)]
 struct LastWrite {
     write: Option<InFlight<'static, lapin::Result<PublisherConfirm>>>,
-    /// A task waits for it (`written`): only it polls the write then, since a poll replaces the
-    /// waker lapin wakes at completion.
-    awaited: bool,
+    /// The task waiting for it (`written`). Only that task polls the write meanwhile, since a poll
+    /// replaces the waker lapin wakes at completion; and a newer hand-off, which replaces the
+    /// write, wakes it to wait for the new one (else it would wait on a write nobody holds).
+    waiter: Option<Waker>,
     /// A write failed: the connection is broken, and says so from now on.
     failed: Option<String>,
 }
@@ -432,6 +433,9 @@ impl Transport {
         if let Some(write) = last {
             let mut last_write = self.last_write.lock();
             last_write.write = Some(write);
+            if let Some(waiter) = last_write.waiter.take() {
+                waiter.wake();
+            }
         }
         Ok(())
     }
@@ -469,7 +473,7 @@ impl Transport {
     /// Where the last hand-off's write is, without waking anyone.
     pub fn write_state(&self) -> WriteState {
         let mut last_write = self.last_write.lock();
-        if last_write.awaited {
+        if last_write.waiter.is_some() {
             return WriteState::Pending;
         }
         match last_write.poll(&mut Context::from_waker(Waker::noop())) {
@@ -484,7 +488,7 @@ impl Transport {
         std::future::poll_fn(|cx| {
             let mut last_write = self.last_write.lock();
             let poll = last_write.poll(cx);
-            last_write.awaited = poll.is_pending();
+            last_write.waiter = poll.is_pending().then(|| cx.waker().clone());
             poll
         })
         .await
