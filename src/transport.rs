@@ -145,11 +145,11 @@ impl LastWrite {
         };
         let result = std::task::ready!(write.as_mut().poll(cx));
         self.write = None;
-        if let Err(e) = result {
-            self.failed = Some(format!("publishing failed: {e}"));
-            return Poll::Ready(Err(format!("publishing failed: {e}")));
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(result.map(|_| ()).map_err(|e| {
+            let reason = format!("publishing failed: {e}");
+            self.failed = Some(reason.clone());
+            reason
+        }))
     }
 }
 
