@@ -8,8 +8,8 @@
 // fan-out (4), BENCH_ROOMS_SECONDS for the many-rooms CPU measurement (10: at 500 emits/s a
 // shorter window is dominated by noise — GC cycles, the machine's other tenants), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
 // (fanout,rooms,maxRate,roundTrips,memory,raw,restore), BENCH_RESTORE_SECONDS (10,60: seconds of
-// traffic in the recovery log before timing restores), BENCH_PROFILE=<dir> (V8 CPU profiles of the
-// servers); AMQP_URL, REDIS_URL. native-recovery is this adapter with the Server's
+// traffic in the recovery log before timing restores), BENCH_PROFILE=<dir> (a V8 CPU profile of
+// each server's measurement windows); AMQP_URL, REDIS_URL. native-recovery is this adapter with the Server's
 // connectionStateRecovery on: what storing packets in the recovery log costs, and restores.
 const fs = require('node:fs');
 const os = require('node:os');
@@ -47,11 +47,7 @@ process.on('exit', () => {
 
 // ---- child processes driven over IPC ------------------------------------------------------
 
-function spawnWorker(
-  script,
-  args,
-  execArgv = process.env.BENCH_PROFILE && script === 'server.js' ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [],
-) {
+function spawnWorker(script, args, execArgv = []) {
   const child = fork(path.join(__dirname, script), args.map(String), { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   const pending = new Map();
@@ -503,7 +499,6 @@ async function main() {
   }
   // The recovery log is a durable stream: the benchmark removes its own.
   if (clusters['native-recovery']) await deleteRecoveryStream(clusters['native-recovery']);
-  if (process.env.BENCH_PROFILE) await new Promise((resolve) => setTimeout(resolve, 3000)); // profiles written at exit
   results.seconds = (Date.now() - started) / 1000;
   const report = table(results);
   console.log(`\n${report}\n`);

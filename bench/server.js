@@ -5,6 +5,9 @@
 const crypto = require('node:crypto');
 const http = require('node:http');
 const { performance } = require('node:perf_hooks');
+const inspector = require('node:inspector');
+const fs = require('node:fs');
+const path = require('node:path');
 const { Server } = require('socket.io');
 const { serveCommands } = require('./ipc');
 const threads = require('./threads');
@@ -46,6 +49,7 @@ async function main() {
   await new Promise((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
 
   let mark = null;
+  const profiler = process.env.BENCH_PROFILE ? windowProfiler(process.env.BENCH_PROFILE) : null;
   const commands = {
     async ready() {
       return { port: httpServer.address().port };
@@ -55,12 +59,14 @@ async function main() {
     },
     // Starts a measurement window: process CPU, event-loop busy time.
     async markStart() {
+      await profiler?.start();
       mark = { cpu: process.cpuUsage(), elu: performance.eventLoopUtilization(), at: performance.now(), threads: threads.sample() };
       return {};
     },
     async markStop() {
       const cpu = process.cpuUsage(mark.cpu);
       const elu = performance.eventLoopUtilization(mark.elu);
+      await profiler?.stop();
       return {
         cpuMs: (cpu.user + cpu.system) / 1000,
         loopBusyMs: elu.active,
@@ -168,6 +174,26 @@ async function main() {
     },
   };
   serveCommands(commands);
+}
+
+// BENCH_PROFILE=<dir>: a V8 CPU profile of each measurement window (markStart to markStop), so
+// start-up and client connections do not blur what a delivery costs.
+function windowProfiler(dir) {
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method) => new Promise((resolve, reject) => session.post(method, (err, result) => (err ? reject(err) : resolve(result))));
+  let windows = 0;
+  return {
+    async start() {
+      await post('Profiler.enable');
+      await post('Profiler.start');
+    },
+    async stop() {
+      const { profile } = await post('Profiler.stop');
+      windows += 1;
+      fs.writeFileSync(path.join(dir, `${kind}-${process.pid}-${windows}.cpuprofile`), JSON.stringify(profile));
+    },
+  };
 }
 
 main().catch((err) => {
