@@ -468,11 +468,17 @@ function remoteWriteOptions(item) {
 }
 
 function notifyOutgoing(socket, packet) {
-  // Socket.IO keeps outgoing listeners in this field; decode remote packets only when one exists.
+  if (hasOutgoingListeners(socket)) socket.notifyOutgoingListeners(packet());
+}
+
+// Decoding a remote packet costs more than writing it: only for a socket with onAnyOutgoing
+// listeners. Socket.IO keeps them in `_anyOutgoingListeners`, unset until the first one; its public
+// `listenersAnyOutgoing()` says the same where that field is named otherwise.
+function hasOutgoingListeners(socket) {
   const listeners = socket._anyOutgoingListeners;
-  if (listeners === undefined ? typeof socket.notifyOutgoingListeners === 'function' : listeners.length > 0) {
-    socket.notifyOutgoingListeners(packet());
-  }
+  if (listeners !== undefined) return listeners.length > 0;
+  if (typeof socket.notifyOutgoingListeners !== 'function') return false;
+  return typeof socket.listenersAnyOutgoing === 'function' ? socket.listenersAnyOutgoing().length > 0 : true;
 }
 
 // The native side takes strings and Buffers; parsers may hand out other byte views.
