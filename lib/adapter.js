@@ -18,6 +18,9 @@ const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
 const EVENT = 2; // socket.io-parser's PacketType.EVENT
+const BROADCAST_VOLATILE = 1;
+const BROADCAST_COMPRESS_SET = 2;
+const BROADCAST_COMPRESS = 4;
 
 class AmqpAdapter extends Adapter {
   constructor(nsp, cluster) {
@@ -157,7 +160,7 @@ class AmqpAdapter extends Adapter {
       Boolean(flags.local),
       offset,
     );
-    this._write(slots, encoded, writeOptions(flags), () => packet);
+    this._write(slots, 0, slots.length, encoded, writeOptions(flags), () => packet);
   }
 
   broadcastWithAck(packet, opts, clientCountCallback, ack) {
@@ -304,8 +307,8 @@ class AmqpAdapter extends Adapter {
 
   _onRemote(item) {
     switch (item.kind) {
-      case 'broadcast':
-        return item.requestId === undefined || item.requestId === null ? this._deliverRemote(item) : this._deliverRemoteWithAck(item);
+      case 'broadcast': // with an ack request (the others come through _deliverRemote)
+        return this._deliverRemoteWithAck(item);
       case 'rooms':
         return this._emitRemoteRoomChanges(item);
       case 'disconnectSockets':
@@ -320,13 +323,16 @@ class AmqpAdapter extends Adapter {
     }
   }
 
-  _deliverRemote(item) {
+  // A broadcast from another server: `encoded` (one text, or parts) to the sockets at
+  // `slots[start..end]`; `flags` as ClusterNode's batch columns give them.
+  _deliverRemote(slots, start, end, encoded, flags) {
+    const parts = typeof encoded === 'string' ? [encoded] : encoded;
     let decoded;
     const packet = () => {
-      if (decoded === undefined) decoded = this._decodePacket(item.packet);
+      if (decoded === undefined) decoded = this._decodePacket(parts);
       return decoded;
     };
-    this._write(item.slots, item.packet, remoteWriteOptions(item), packet);
+    this._write(slots, start, end, parts, remoteWriteOptions(flags), packet);
   }
 
   _deliverRemoteWithAck(item) {
@@ -335,7 +341,8 @@ class AmqpAdapter extends Adapter {
     const reply = (arg) => {
       this._native.replyAck(from, requestId, encodeValue(arg));
     };
-    const count = this._sendWithAck(item.slots, packet, remoteWriteOptions(item), reply, item.timeoutMs);
+    const options = { preEncoded: true, volatile: item.volatile, compress: item.compress ?? undefined };
+    const count = this._sendWithAck(item.slots, packet, options, reply, item.timeoutMs);
     this._native.replyClientCount(from, requestId, count);
   }
 
@@ -385,9 +392,9 @@ class AmqpAdapter extends Adapter {
 
   // Writes `encoded` to the sockets in `slots`; `packet()` gives the packet object for
   // onAnyOutgoing listeners (decoded lazily for packets from other servers).
-  _write(slots, encoded, packetOpts, packet) {
+  _write(slots, start, end, encoded, packetOpts, packet) {
     const sockets = this.nsp.sockets;
-    for (let i = 0; i < slots.length; i++) {
+    for (let i = start; i < end; i++) {
       const socket = sockets.get(this._slotIds[slots[i]]);
       if (!socket) continue;
       notifyOutgoing(socket, packet);
@@ -463,8 +470,13 @@ function writeOptions(flags) {
   return { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
 }
 
-function remoteWriteOptions(item) {
-  return { preEncoded: true, volatile: item.volatile, compress: item.compress ?? undefined };
+// The flag bits of a drained broadcast (BROADCAST_* in src/bindings/adapter.rs).
+function remoteWriteOptions(flags) {
+  return {
+    preEncoded: true,
+    volatile: (flags & BROADCAST_VOLATILE) !== 0,
+    compress: flags & BROADCAST_COMPRESS_SET ? (flags & BROADCAST_COMPRESS) !== 0 : undefined,
+  };
 }
 
 function notifyOutgoing(socket, packet) {

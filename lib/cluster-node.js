@@ -135,21 +135,52 @@ class ClusterNode {
   }
 
   _onWake() {
-    let items;
+    let batch;
     try {
-      items = this.native.drain();
+      batch = this.native.drain();
     } catch (err) {
       this.reportError(new Error(`socket.io-amqp0-native: draining deliveries failed: ${err.message}`));
       return;
     }
-    for (const item of items) {
+    // The batch's plain broadcasts and its other items, merged back into arrival order.
+    const { items, itemsAfter } = batch;
+    let delivered = 0;
+    for (let i = 0; i < items.length; i++) {
+      delivered = this._deliverBroadcasts(batch, delivered, itemsAfter[i]);
+      this._guarded(() => this._route(items[i]));
+    }
+    this._deliverBroadcasts(batch, delivered, batch.packets.length);
+  }
+
+  // Broadcasts `from` to `to` of a drained batch (its columns: DrainedBatch in
+  // src/bindings/adapter.rs). Returns `to`.
+  _deliverBroadcasts(batch, from, to) {
+    const { namespaces, broadcasts, slots, packets } = batch;
+    for (let i = from; i < to; i++) {
+      const at = 3 * i;
+      const adapter = this.adapters.get(namespaces[broadcasts[at]]);
+      if (adapter === undefined) continue;
+      const start = i === 0 ? 0 : broadcasts[at - 2];
       try {
-        this._route(item);
+        adapter._deliverRemote(slots, start, broadcasts[at + 1], packets[i], broadcasts[at + 2]);
       } catch (err) {
-        // One bad delivery (or a throwing user listener) must not lose the rest of the batch.
-        this.reportError(err instanceof Error ? err : new Error(String(err)));
+        this._reportThrown(err);
       }
     }
+    return to;
+  }
+
+  // One bad delivery (or a throwing user listener) must not lose the rest of the batch.
+  _guarded(work) {
+    try {
+      work();
+    } catch (err) {
+      this._reportThrown(err);
+    }
+  }
+
+  _reportThrown(err) {
+    this.reportError(err instanceof Error ? err : new Error(String(err)));
   }
 
   _route(item) {
