@@ -17,6 +17,7 @@ const SOCKET_LEFT = 1;
 const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
+const NO_SLOTS = new Uint32Array(0);
 const EVENT = 2; // socket.io-parser's PacketType.EVENT
 const BROADCAST_VOLATILE = 1;
 const BROADCAST_COMPRESS_SET = 2;
@@ -151,15 +152,16 @@ class AmqpAdapter extends Adapter {
       packet.data.push(offset);
     }
     const encoded = toTransferable(this.encoder.encode(packet));
-    const slots = this._native.broadcast(
-      encoded,
-      listOf(opts.rooms),
-      listOf(opts.except),
-      Boolean(flags.volatile),
-      flags.compress === undefined ? undefined : Boolean(flags.compress),
-      Boolean(flags.local),
-      offset,
-    );
+    const slots =
+      this._native.broadcast(
+        encoded.length === 1 && typeof encoded[0] === 'string' ? encoded[0] : encoded,
+        listOf(opts.rooms),
+        listOf(opts.except),
+        Boolean(flags.volatile),
+        flags.compress === undefined ? undefined : Boolean(flags.compress),
+        Boolean(flags.local),
+        offset,
+      ) ?? NO_SLOTS;
     this._write(slots, 0, slots.length, encoded, writeOptions(flags), () => packet);
   }
 
@@ -462,8 +464,10 @@ function incompleteError(operation, reason, partial) {
   return error;
 }
 
+// A room Set as the native calls take it: one room as the string itself (no array to read).
 function listOf(set) {
-  return set && set.size !== 0 ? [...set] : NO_ROOMS;
+  if (!set || set.size === 0) return NO_ROOMS;
+  return set.size === 1 ? set.values().next().value : [...set];
 }
 
 function writeOptions(flags) {

@@ -5,7 +5,8 @@
 //! is the only napi-aware module. A Rust service that emits to Socket.IO clients uses [`Emitter`]
 //! (the crate root re-exports its API) with `default-features = false`.
 
-// No unsafe code of our own (the FFI code napi-derive generates is napi's).
+// No unsafe code of our own (the FFI code napi-derive generates is napi's), except the argument
+// conversions of the hot napi calls in `bindings::from_js`, which say why.
 #![deny(unsafe_code)]
 #![warn(rust_2018_idioms)]
 // A panic in the addon is caught and reported, but it still costs the message or the call: an

@@ -1,6 +1,7 @@
 //! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
-use super::{from_js_parts, millis, to_js_parts, BrokerOptions, JsPart};
+use super::from_js::{JsPacket, JsRooms};
+use super::{millis, to_js_parts, BrokerOptions, JsPart};
 use crate::node::{Drained, Joined, NamespaceHandle, Node, NodeConfig, RequestSent};
 use crate::recovery::{RecoveryConfig, SessionToPersist};
 use crate::room_index::RoomIndex;
@@ -532,8 +533,11 @@ impl NativeNamespace {
     }
 }
 
-fn target(rooms: Vec<String>, except: Vec<String>) -> Target {
-    Target { rooms, except }
+fn target(rooms: JsRooms, except: JsRooms) -> Target {
+    Target {
+        rooms: rooms.0,
+        except: except.0,
+    }
 }
 
 /// `addAll`'s answer: `[slot, change(room0), change(room1), ...]`.
@@ -563,7 +567,11 @@ impl NativeNamespace {
 
     /// The local sockets a target matches (Socket.IO's `apply`), as slots.
     #[napi(catch_unwind)]
-    pub fn recipients(&self, rooms: Vec<String>, except: Vec<String>) -> Uint32Array {
+    pub fn recipients(
+        &self,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
+    ) -> Uint32Array {
         Uint32Array::new(self.handle.recipients(&target(rooms, except)))
     }
 
@@ -578,8 +586,14 @@ impl NativeNamespace {
     /// Connection state recovery: writes the session of a socket that disconnected (sent with the
     /// next `sendQueued`, or by `close()`).
     #[napi(catch_unwind)]
-    pub fn persist_session(&self, sid: String, pid: String, rooms: Vec<String>, data: Vec<JsPart>) {
-        let data = from_js_parts(data);
+    pub fn persist_session(
+        &self,
+        sid: String,
+        pid: String,
+        rooms: Vec<String>,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] data: JsPacket,
+    ) {
+        let data = data.0;
         let session = SessionToPersist {
             sid,
             pid,
@@ -692,28 +706,30 @@ impl NativeNamespace {
         self.handle.server_count() as u32
     }
 
-    /// Publishes the packet to the other servers (unless `local_only`) and returns the slots of the
-    /// local sockets it targets.
+    /// Publishes the packet (one text part: the text itself) to the other servers (unless
+    /// `local_only`) and returns the slots of the local sockets it targets, `null` for none.
     // Positional: a JS object per broadcast costs a property lookup per field on the hot path.
     #[allow(clippy::too_many_arguments)]
     #[napi(catch_unwind)]
     pub fn broadcast(
         &self,
-        packet: Vec<JsPart>,
-        rooms: Vec<String>,
-        except: Vec<String>,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] packet: JsPacket,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
         volatile: bool,
         compress: Option<bool>,
         local_only: bool,
         offset: Option<String>,
-    ) -> Uint32Array {
-        let packet = from_js_parts(packet);
+    ) -> Option<Uint32Array> {
+        let packet = packet.0;
         let flags = WriteFlags { volatile, compress };
         let target = target(rooms, except);
-        Uint32Array::new(
-            self.handle
-                .broadcast(packet, target, flags, local_only, offset),
-        )
+        let local = self
+            .handle
+            .broadcast(packet, target, flags, local_only, offset);
+        // No typed array to make (and collect) when no local socket is targeted: the common case
+        // of a room on another server.
+        (!local.is_empty()).then(|| Uint32Array::new(local))
     }
 
     /// Publishes a broadcast whose client counts and acks come back to this server until
@@ -721,14 +737,14 @@ impl NativeNamespace {
     #[napi(catch_unwind)]
     pub fn broadcast_with_ack(
         &self,
-        packet: Vec<JsPart>,
-        rooms: Vec<String>,
-        except: Vec<String>,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] packet: JsPacket,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
         volatile: bool,
         compress: Option<bool>,
         timeout_ms: u32,
     ) -> u32 {
-        let packet = from_js_parts(packet);
+        let packet = packet.0;
         let flags = WriteFlags { volatile, compress };
         let target = target(rooms, except);
         self.handle
@@ -736,25 +752,40 @@ impl NativeNamespace {
     }
 
     #[napi(catch_unwind)]
-    pub fn sockets_join(&self, rooms: Vec<String>, except: Vec<String>, join: Vec<String>) {
+    pub fn sockets_join(
+        &self,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
+        join: Vec<String>,
+    ) {
         self.handle.sockets_join(target(rooms, except), join);
     }
 
     #[napi(catch_unwind)]
-    pub fn sockets_leave(&self, rooms: Vec<String>, except: Vec<String>, leave: Vec<String>) {
+    pub fn sockets_leave(
+        &self,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
+        leave: Vec<String>,
+    ) {
         self.handle.sockets_leave(target(rooms, except), leave);
     }
 
     #[napi(catch_unwind)]
-    pub fn disconnect_sockets(&self, rooms: Vec<String>, except: Vec<String>, close: bool) {
+    pub fn disconnect_sockets(
+        &self,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
+        close: bool,
+    ) {
         self.handle.disconnect_sockets(target(rooms, except), close);
     }
 
     #[napi(catch_unwind)]
     pub fn fetch_sockets(
         &self,
-        rooms: Vec<String>,
-        except: Vec<String>,
+        #[napi(ts_arg_type = "string | string[]")] rooms: JsRooms,
+        #[napi(ts_arg_type = "string | string[]")] except: JsRooms,
         timeout_ms: u32,
     ) -> RequestHandle {
         let timeout = millis(timeout_ms);
@@ -765,10 +796,10 @@ impl NativeNamespace {
     #[napi(catch_unwind)]
     pub fn server_side_emit(
         &self,
-        args: Vec<JsPart>,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] args: JsPacket,
         ack_timeout_ms: Option<u32>,
     ) -> RequestHandle {
-        let args = from_js_parts(args);
+        let args = args.0;
         request_handle(
             self.handle
                 .server_side_emit(args, ack_timeout_ms.map(millis)),
@@ -776,8 +807,13 @@ impl NativeNamespace {
     }
 
     #[napi(catch_unwind)]
-    pub fn reply_fetch(&self, to: String, request_id: u32, sockets: Vec<JsPart>) {
-        let sockets = from_js_parts(sockets);
+    pub fn reply_fetch(
+        &self,
+        to: String,
+        request_id: u32,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] sockets: JsPacket,
+    ) {
+        let sockets = sockets.0;
         let message = Message::FetchSocketsResponse {
             request_id,
             sockets,
@@ -786,8 +822,13 @@ impl NativeNamespace {
     }
 
     #[napi(catch_unwind)]
-    pub fn reply_server_side_emit(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
-        let reply = from_js_parts(reply);
+    pub fn reply_server_side_emit(
+        &self,
+        to: String,
+        request_id: u32,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] reply: JsPacket,
+    ) {
+        let reply = reply.0;
         let message = Message::ServerSideEmitResponse { request_id, reply };
         self.handle.reply(&to, message);
     }
@@ -799,8 +840,13 @@ impl NativeNamespace {
     }
 
     #[napi(catch_unwind)]
-    pub fn reply_ack(&self, to: String, request_id: u32, reply: Vec<JsPart>) {
-        let reply = from_js_parts(reply);
+    pub fn reply_ack(
+        &self,
+        to: String,
+        request_id: u32,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] reply: JsPacket,
+    ) {
+        let reply = reply.0;
         self.handle
             .reply(&to, Message::BroadcastAck { request_id, reply });
     }

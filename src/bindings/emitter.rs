@@ -1,6 +1,7 @@
 //! `NativeEmitter`: the emitter's side of the napi surface (see `crate::emitter`).
 
-use super::{from_js_parts, BrokerOptions, JsPart};
+use super::from_js::JsPacket;
+use super::BrokerOptions;
 use crate::emitter::{Broadcast, Emitter, EmitterEvent};
 use crate::wire::{Target, WriteFlags};
 use napi::bindgen_prelude::*;
@@ -77,7 +78,7 @@ impl NativeEmitter {
     pub fn broadcast(
         &self,
         nsp: String,
-        packet: Vec<JsPart>,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] packet: JsPacket,
         rooms: Vec<String>,
         except: Vec<String>,
         volatile: bool,
@@ -88,7 +89,7 @@ impl NativeEmitter {
             .of(&nsp)
             .target(Target { rooms, except })
             .flags(WriteFlags { volatile, compress })
-            .emit_encoded(from_js_parts(packet), offset);
+            .emit_encoded(packet.0, offset);
     }
 
     #[napi(catch_unwind)]
@@ -127,10 +128,12 @@ impl NativeEmitter {
     }
 
     #[napi(catch_unwind)]
-    pub fn server_side_emit(&self, nsp: String, args: Vec<JsPart>) {
-        self.emitter
-            .of(&nsp)
-            .server_side_emit_parts(from_js_parts(args));
+    pub fn server_side_emit(
+        &self,
+        nsp: String,
+        #[napi(ts_arg_type = "string | Array<string | Buffer>")] args: JsPacket,
+    ) {
+        self.emitter.of(&nsp).server_side_emit_parts(args.0);
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod adapter;
 mod emitter;
+mod from_js;
 
 use crate::transport::BrokerConfig;
 use crate::wire::PacketPart;
@@ -73,16 +74,6 @@ pub(crate) fn to_js_parts(parts: Vec<PacketPart>) -> Vec<JsPart> {
         .map(|part| match part {
             PacketPart::Text(text) => Either::A(text),
             PacketPart::Binary(bytes) => Either::B(bytes.into()),
-        })
-        .collect()
-}
-
-pub(crate) fn from_js_parts(parts: Vec<JsPart>) -> Vec<PacketPart> {
-    parts
-        .into_iter()
-        .map(|part| match part {
-            Either::A(text) => PacketPart::Text(text),
-            Either::B(bytes) => PacketPart::Binary(bytes.to_vec()),
         })
         .collect()
 }
