@@ -37,7 +37,7 @@ const commands = {
   async connect() {
     for (let i = 0; i < count; i++) {
       const client = connect(`http://127.0.0.1:${port}`, { transports: ['websocket'], reconnection: false, forceNew: true });
-      for (const event of ['fanout', 'room', 'blast']) client.on(event, (sentAt) => record(event, sentAt));
+      for (const event of ['fanout', 'room', 'blast', 'crowd']) client.on(event, (sentAt) => record(event, sentAt));
       clients.push(client);
       await new Promise((resolve, reject) => {
         client.once('connect', resolve);

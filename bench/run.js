@@ -7,7 +7,8 @@
 // BENCH_SERVERS (3), BENCH_CLIENTS per server (30), BENCH_REPS (3), BENCH_SECONDS per timed
 // fan-out (4), BENCH_ROOMS_SECONDS for the many-rooms CPU measurement (10: at 500 emits/s a
 // shorter window is dominated by noise — GC cycles, the machine's other tenants), BENCH_KINDS (native,native-rooms,redis,memory), BENCH_SCENARIOS
-// (fanout,rooms,maxRate,roundTrips,memory,raw,restore), BENCH_RESTORE_SECONDS (10,60: seconds of
+// (fanout,rooms,maxRate,crowd,roundTrips,memory,raw,restore), BENCH_CROWD (300 clients in all for
+// crowd, the maximum rate to everyone) and BENCH_CROWD_BLAST (500 emits), BENCH_RESTORE_SECONDS (10,60: seconds of
 // traffic in the recovery log before timing restores), BENCH_PROFILE=<dir> (a V8 CPU profile of
 // each server's measurement windows); AMQP_URL, REDIS_URL. native-recovery is this adapter with the Server's
 // connectionStateRecovery on: what storing packets in the recovery log costs, and restores.
@@ -24,11 +25,13 @@ const SECONDS = Number(process.env.BENCH_SECONDS || 4);
 const ROOMS_SECONDS = Number(process.env.BENCH_ROOMS_SECONDS || 10);
 const ROOMS = 1000;
 const BLAST = Number(process.env.BENCH_BLAST || 5000);
+const CROWD = Number(process.env.BENCH_CROWD || 300); // clients in all, for maxRateCrowd
+const CROWD_BLAST = Number(process.env.BENCH_CROWD_BLAST || 500); // emits to all of them
 const ROOMS_RATE = Number(process.env.BENCH_ROOMS_RATE || 500); // emits/s per server, to random rooms
 // native: this adapter with its defaults; native-rooms: with roomRouting (per-room bindings);
 // native-recovery: with connection state recovery on.
 const KINDS = (process.env.BENCH_KINDS || 'native,native-rooms,redis,memory,native-recovery').split(',');
-const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,roundTrips,memory,raw,restore').split(','));
+const SCENARIOS = new Set((process.env.BENCH_SCENARIOS || 'fanout,rooms,maxRate,crowd,roundTrips,memory,raw,restore').split(','));
 const RESTORE_SECONDS = (process.env.BENCH_RESTORE_SECONDS || '10,60').split(',').map(Number);
 const RESTORES = 30;
 const ROOT = path.join(__dirname, '..');
@@ -101,6 +104,7 @@ async function startCluster(kind) {
   for (let i = 0; i < SERVERS; i++) {
     const server = servers[Math.min(i, servers.length - 1)];
     const group = spawnWorker('clients.js', [server.port, CLIENTS]);
+    group.port = server.port;
     await group.started;
     await group.call('connect');
     const first = i * CLIENTS;
@@ -146,6 +150,7 @@ async function resetClients(cluster) {
 async function fanout(cluster, rate) {
   await resetClients(cluster);
   const expectedPerMessage = SERVERS * CLIENTS;
+  await Promise.all(cluster.servers.map((s) => s.call('markStart')));
   const { sent } = await cluster.servers[0].call('emitAtRate', { rate, seconds: SECONDS, event: 'fanout' });
   const expected = sent * expectedPerMessage;
   const start = Date.now();
@@ -154,7 +159,12 @@ async function fanout(cluster, rate) {
     await new Promise((resolve) => setTimeout(resolve, 100));
     result = await received(cluster, 'fanout');
   }
+  // CPU per delivery over the whole cluster: the sender's share and the receivers' together.
+  const marks = await Promise.all(cluster.servers.map((s) => s.call('markStop')));
+  const perDelivery = (key) => (marks.reduce((sum, mark) => sum + mark[key], 0) / result.total) * 1000;
   return {
+    cpuMsPer1000: perDelivery('cpuMs'),
+    loopMsPer1000: perDelivery('loopBusyMs'),
     rate,
     sent,
     expected,
@@ -253,6 +263,44 @@ async function maxRate(cluster) {
   };
 }
 
+// The maximum rate with a crowd: CROWD clients in all (BENCH_CROWD, 300; the extra ones connect for
+// this scenario only), one server emitting to everyone as fast as it can, until every client has
+// every message. The box is CPU-bound: what the adapters cost decides the rate. Also the sending
+// server's event-loop time per emit.
+async function maxRateCrowd(cluster) {
+  const extraPerGroup = Math.max(0, Math.ceil(CROWD / SERVERS) - CLIENTS);
+  const extra = [];
+  for (const group of cluster.clientGroups) {
+    const port = group.port;
+    const crowd = spawnWorker('clients.js', [port, extraPerGroup]);
+    await crowd.started;
+    await crowd.call('connect', {}, 60000);
+    extra.push(crowd);
+  }
+  const groups = [...cluster.clientGroups, ...extra];
+  const clients = cluster.clientGroups.length * CLIENTS + extra.length * extraPerGroup;
+  try {
+    await Promise.all(groups.map((g) => g.call('reset')));
+    const sender = cluster.servers[0];
+    await sender.call('markStart');
+    const start = Date.now();
+    const { sent } = await sender.call('blast', { count: CROWD_BLAST, event: 'crowd' }, 120000);
+    const sentMark = await sender.call('markStop');
+    const expected = sent * clients;
+    const total = async () =>
+      (await Promise.all(groups.map((g) => g.call('report', { event: 'crowd' })))).reduce((n, r) => n + r.received, 0);
+    let delivered = await total();
+    while (delivered < expected && Date.now() - start < 60000) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      delivered = await total();
+    }
+    const seconds = (Date.now() - start) / 1000;
+    return { clients, sent, expected, delivered, seconds, perSecond: delivered / seconds, senderLoopMsPerEmit: sentMark.loopBusyMs / sent };
+  } finally {
+    await Promise.all(extra.map((g) => g.call('close').catch(() => {})));
+  }
+}
+
 // Connection state recovery: `seconds` of the many-rooms traffic (every server at ROOMS_RATE) go
 // into the log after a client's offset, then RESTORES sessions are restored on another server one
 // after another; each restore reads the log from that offset (the worst case: the client's last
@@ -347,12 +395,19 @@ function table(results) {
     ['fan-out 100/s: p99 ms', (r) => r.fanout100.p99, 0],
     ['fan-out 100/s: max ms', (r) => r.fanout100.max, 0],
     ['fan-out 100/s: lost', (r) => r.fanout100.loss, 0],
+    ['fan-out 100/s: CPU ms / 1000 deliveries', (r) => r.fanout100.cpuMsPer1000, 2],
+    ['fan-out 100/s: event-loop ms / 1000 deliveries', (r) => r.fanout100.loopMsPer1000, 2],
     ['fan-out 500/s: p50 ms', (r) => r.fanout500.p50, 0],
     ['fan-out 500/s: p99 ms', (r) => r.fanout500.p99, 0],
     ['fan-out 500/s: max ms', (r) => r.fanout500.max, 0],
     ['fan-out 500/s: lost', (r) => r.fanout500.loss, 0],
+    ['fan-out 500/s: CPU ms / 1000 deliveries', (r) => r.fanout500.cpuMsPer1000, 2],
+    ['fan-out 500/s: event-loop ms / 1000 deliveries', (r) => r.fanout500.loopMsPer1000, 2],
     ['max rate: deliveries/s', (r) => r.maxRate.perSecond, 0],
     ['max rate: cross-server deliveries/s', (r) => r.maxRate.crossServerPerSecond, 0],
+    [`max rate, ${CROWD} clients: deliveries/s`, (r) => r.crowd.perSecond, 0],
+    [`max rate, ${CROWD} clients: lost`, (r) => r.crowd.expected - r.crowd.delivered, 0],
+    [`max rate, ${CROWD} clients: sender event-loop ms / emit`, (r) => r.crowd.senderLoopMsPerEmit, 3],
     ['1000 rooms: CPU ms / 1000 deliveries', (r) => r.rooms.cpuMsPer1000, 2],
     ['1000 rooms: event-loop ms / 1000 deliveries', (r) => r.rooms.loopMsPer1000, 2],
     ['1000 rooms: server RSS MB', (r) => r.rooms.rssMB, 0],
@@ -481,6 +536,7 @@ async function main() {
       }
       if (SCENARIOS.has('rooms')) run.rooms = await manyRooms(cluster, ROOMS_RATE);
       if (SCENARIOS.has('maxRate')) run.maxRate = await maxRate(cluster);
+      if (SCENARIOS.has('crowd')) run.crowd = await maxRateCrowd(cluster);
       if (SCENARIOS.has('roundTrips')) run.roundTrips = await roundTrips(cluster);
       run.nativeStats = kind.startsWith('native') ? (await cluster.servers[1].call('stats')).stats : undefined;
       results.runs.push(run);

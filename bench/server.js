@@ -96,12 +96,14 @@ async function main() {
       });
       return { sent };
     },
-    // Emits `count` messages to `room` as fast as the event loop allows (in slices, so IPC stays alive).
-    async blast({ count, room }) {
+    // Emits `count` messages `event` to `room` (no room: everyone) as fast as the event loop allows
+    // (in slices, so IPC stays alive).
+    async blast({ count, room, event = 'blast' }) {
+      const target = room ? io.to(room) : io;
       let sent = 0;
       await new Promise((resolve) => {
         const slice = () => {
-          for (let i = 0; i < 500 && sent < count; i++, sent++) io.to(room).emit('blast', Date.now());
+          for (let i = 0; i < 500 && sent < count; i++, sent++) target.emit(event, Date.now());
           if (sent < count) setImmediate(slice);
           else resolve();
         };
