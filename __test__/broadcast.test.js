@@ -136,6 +136,34 @@ for (const roomRouting of [false, true]) {
       assert.deepEqual(watched[0][1], { n: 1 });
       assert.ok(Buffer.isBuffer(watched[0][2]));
     });
+
+    // Broadcasts and other work sent in one turn travel together and are drained together (the
+    // broadcasts in flat columns, the rest as objects): they must still be handled in send order.
+    it('broadcasts and server-side emits from one turn are handled in the order they were sent', async () => {
+      const receiver = cluster.ios[2];
+      const socket = receiver.of('/').sockets.get(clients[2].id);
+      const handled = [];
+      const onOutgoing = (event) => {
+        if (event.startsWith('in-order')) handled.push(event);
+      };
+      const onServerSideEmit = (label) => handled.push(label);
+      socket.onAnyOutgoing(onOutgoing);
+      receiver.on('in-order-sse', onServerSideEmit);
+      try {
+        await deliveries('in-order-1', () => {
+          const sender = cluster.ios[0];
+          sender.emit('in-order-1');
+          sender.serverSideEmit('in-order-sse', 'sse-a');
+          sender.emit('in-order-2');
+          sender.serverSideEmit('in-order-sse', 'sse-b');
+          sender.emit('in-order-3');
+        });
+      } finally {
+        socket.offAnyOutgoing(onOutgoing);
+        receiver.off('in-order-sse', onServerSideEmit);
+      }
+      assert.deepEqual(handled, ['in-order-1', 'sse-a', 'in-order-2', 'sse-b', 'in-order-3']);
+    });
   });
 }
 
