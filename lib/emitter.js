@@ -34,6 +34,13 @@ class Emitter {
     this._native = new native.NativeEmitter(brokerSettings(options), ([kind, detail]) => this._onEvent(kind, detail));
     this._root = new BroadcastOperator(this, '/', new Set(), new Set(), {});
     this._closing = null;
+    // Publishing calls only queue; the turn's publishes leave together at its end (one hand-off to
+    // the broker's thread per turn, as the adapter does).
+    this._sendScheduled = false;
+    this._sendQueued = () => {
+      this._sendScheduled = false;
+      this._native.sendQueued();
+    };
     this._events = new EventEmitter();
   }
 
@@ -58,6 +65,12 @@ class Emitter {
     return this._native.ready().catch((err) => {
       throw new Error(`socket.io-amqp0-native: ${err.message}`);
     });
+  }
+
+  _sendSoon() {
+    if (this._sendScheduled) return;
+    this._sendScheduled = true;
+    queueMicrotask(this._sendQueued);
   }
 
   /** Sends what is still buffered, then closes the connection. */
@@ -186,19 +199,23 @@ class BroadcastOperator {
       this._flags.compress,
       offset,
     );
+    this._emitter._sendSoon();
     return true;
   }
 
   socketsJoin(rooms) {
     this._emitter._native.socketsJoin(this._nsp, [...this._rooms], [...this._except], roomList(rooms));
+    this._emitter._sendSoon();
   }
 
   socketsLeave(rooms) {
     this._emitter._native.socketsLeave(this._nsp, [...this._rooms], [...this._except], roomList(rooms));
+    this._emitter._sendSoon();
   }
 
   disconnectSockets(close = false) {
     this._emitter._native.disconnectSockets(this._nsp, [...this._rooms], [...this._except], Boolean(close));
+    this._emitter._sendSoon();
   }
 
   /** Reaches every server of the namespace (`io.on(ev, ...)` there). Acknowledgements are not supported. */
@@ -207,6 +224,7 @@ class BroadcastOperator {
       throw new Error('socket.io-amqp0-native: the emitter does not support acknowledgements');
     }
     this._emitter._native.serverSideEmit(this._nsp, encodeValue([ev, ...args]));
+    this._emitter._sendSoon();
   }
 }
 

@@ -23,7 +23,7 @@ use crate::reconnect::{closed, keep_connected, Connecting, SessionEnd, SessionSt
 use crate::transport::{namespace_key, BrokerConfig};
 use crate::wire::{Envelope, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -83,6 +83,10 @@ pub struct Emitter {
     first_outcome: watch::Sender<Option<Result<(), EmitterError>>>,
     closing: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
+    /// The host calls [`send_queued`](Emitter::send_queued) once it has queued a turn's publishes
+    /// (the Node binding, at the end of each JS turn), so a publish does not wake the connection
+    /// task.
+    host_sends: AtomicBool,
     pub published: AtomicU64,
 }
 
@@ -117,6 +121,7 @@ impl Emitter {
             first_outcome: watch::channel(None).0,
             closing: watch::channel(false).0,
             task: Mutex::default(),
+            host_sends: AtomicBool::new(false),
             published: AtomicU64::new(0),
         });
         let task = tokio::spawn(emitter.clone().run());
@@ -167,8 +172,28 @@ impl Emitter {
     /// Sends `parts` (an already encoded packet) as a broadcast; the lowest-level entry point.
     pub(crate) fn publish(&self, nsp: &str, message: Message) {
         let envelope = Envelope::new(&self.uid, nsp, message);
-        if let Some(count) = self.outbox.push(namespace_key(nsp), envelope) {
+        let key = namespace_key(nsp);
+        let dropped = if self.host_sends.load(Ordering::Relaxed) {
+            self.outbox.push_quietly(key, envelope)
+        } else {
+            self.outbox.push(key, envelope)
+        };
+        if let Some(count) = dropped {
             self.report(EmitterEvent::Dropped { count });
+        }
+    }
+
+    /// From now on publishes only queue, and the host sends them with
+    /// [`send_queued`](Self::send_queued) (see `handoff.rs`).
+    pub(crate) fn sent_by_host(&self) {
+        self.host_sends.store(true, Ordering::Relaxed);
+    }
+
+    /// Hands what the host queued to the link on the calling thread when it can, else wakes the
+    /// connection task for it.
+    pub(crate) fn send_queued(&self) {
+        if !self.handoff.send_now(&self.sending()) {
+            self.outbox.wake();
         }
     }
 
@@ -280,6 +305,7 @@ impl Connecting for Emitter {
             });
         }
         self.first_outcome(Ok(()));
+        self.handoff.attach(connected.link.clone());
         // A flush that fails while closing ends as lost: the loop then discards what is left.
         let end = self.serve(&*connected.link, closing).await;
         let lost = matches!(end, SessionEnd::Lost(_));

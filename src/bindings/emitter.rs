@@ -44,7 +44,15 @@ impl NativeEmitter {
             );
         };
         let emitter = super::in_runtime(move || Emitter::start(config, sink));
+        // lib/emitter.js calls sendQueued() at the end of every JS turn that published.
+        emitter.sent_by_host();
         Ok(NativeEmitter { emitter })
+    }
+
+    /// Sends what this JS turn queued (from this thread when the link can take it).
+    #[napi(catch_unwind)]
+    pub fn send_queued(&self) {
+        self.emitter.send_queued();
     }
 
     #[napi(getter, catch_unwind)]

@@ -123,3 +123,40 @@ async fn an_emitter_reconnects_and_sends_what_waited() {
     );
     emitter.close().await;
 }
+
+/// With the host sending (the Node binding), an emit only queues: nothing leaves until the host's
+/// `send_queued`, which hands the turn's publishes to the link on the calling thread, together
+/// and without the connection task; they arrive in order.
+#[tokio::test(start_paused = true)]
+async fn an_emitter_sent_by_its_host_hands_off_on_the_hosts_call() {
+    let broker = MemoryBroker::new();
+    let server = Server::serving(&broker, config(false)).await;
+    server.join("s1", &["r"]);
+    let bus = Arc::new(MemoryBus(broker.clone()));
+    let emitter = Emitter::start_on(bus, config(false).broker, |_| {});
+    emitter.sent_by_host();
+    emitter.ready().await.expect("the emitter connects");
+    settle().await;
+    let before = broker.published().len();
+    broker.hold_writes();
+    for text in ["one", "two", "three"] {
+        emitter.of("/").to("r").emit(text, &[]);
+    }
+    settle().await;
+    assert_eq!(broker.unwritten(), 0, "queued only, until the host sends");
+    assert_eq!(emitter.buffered(), 3);
+    emitter.send_queued();
+    // Nothing was awaited since the call: the host's thread handed them off, as one hand-off.
+    assert_eq!(broker.unwritten(), 1, "handed off by the host's call");
+    assert_eq!(emitter.buffered(), 0);
+    broker.release_writes();
+    let mut packets = Vec::new();
+    until(Duration::from_millis(100), "3 packets at the server", || {
+        packets.extend(server.packets());
+        packets.len() >= 3
+    })
+    .await;
+    assert_eq!(packets, [r#"2["one"]"#, r#"2["two"]"#, r#"2["three"]"#]);
+    assert_eq!(broker.published().len() - before, 1, "one AMQP message");
+    emitter.close().await;
+}
