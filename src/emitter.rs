@@ -184,13 +184,15 @@ impl Emitter {
     }
 
     /// From now on publishes only queue, and the host sends them with
-    /// [`send_queued`](Self::send_queued) (see `handoff.rs`).
+    /// [`send_queued`](Self::send_queued) (see `handoff.rs`). For the Node binding.
+    #[cfg(any(feature = "node", test))]
     pub(crate) fn sent_by_host(&self) {
         self.host_sends.store(true, Ordering::Relaxed);
     }
 
     /// Hands what the host queued to the link on the calling thread when it can, else wakes the
     /// connection task for it.
+    #[cfg(any(feature = "node", test))]
     pub(crate) fn send_queued(&self) {
         if !self.handoff.send_now(&self.sending()) {
             self.outbox.wake();

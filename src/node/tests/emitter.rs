@@ -151,10 +151,14 @@ async fn an_emitter_sent_by_its_host_hands_off_on_the_hosts_call() {
     assert_eq!(emitter.buffered(), 0);
     broker.release_writes();
     let mut packets = Vec::new();
-    until(Duration::from_millis(100), "3 packets at the server", || {
-        packets.extend(server.packets());
-        packets.len() >= 3
-    })
+    until(
+        Duration::from_millis(100),
+        "3 packets at the server",
+        || {
+            packets.extend(server.packets());
+            packets.len() >= 3
+        },
+    )
     .await;
     assert_eq!(packets, [r#"2["one"]"#, r#"2["two"]"#, r#"2["three"]"#]);
     assert_eq!(broker.published().len() - before, 1, "one AMQP message");
