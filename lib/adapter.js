@@ -17,7 +17,6 @@ const SOCKET_LEFT = 1;
 const ROOM_DELETED = 2;
 
 const NO_ROOMS = [];
-const NO_SLOTS = new Uint32Array(0);
 const EVENT = 2; // socket.io-parser's PacketType.EVENT
 const BROADCAST_VOLATILE = 1;
 const BROADCAST_COMPRESS_SET = 2;
@@ -152,17 +151,17 @@ class AmqpAdapter extends Adapter {
       packet.data.push(offset);
     }
     const encoded = toTransferable(this.encoder.encode(packet));
-    const slots =
-      this._native.broadcast(
-        encoded.length === 1 && typeof encoded[0] === 'string' ? encoded[0] : encoded,
-        listOf(opts.rooms),
-        listOf(opts.except),
-        Boolean(flags.volatile),
-        flags.compress === undefined ? undefined : Boolean(flags.compress),
-        Boolean(flags.local),
-        offset,
-      ) ?? NO_SLOTS;
-    this._write(slots, 0, slots.length, encoded, writeOptions(flags), () => packet);
+    const slots = this._native.broadcast(
+      encoded.length === 1 && typeof encoded[0] === 'string' ? encoded[0] : encoded,
+      listOf(opts.rooms),
+      listOf(opts.except),
+      Boolean(flags.volatile),
+      flags.compress === undefined ? undefined : Boolean(flags.compress),
+      Boolean(flags.local),
+      offset,
+    );
+    // Most broadcasts to a room have no local member: then nothing to allocate for the writes.
+    if (slots) this._write(slots, 0, slots.length, encoded, writeOptions(flags), () => packet);
   }
 
   broadcastWithAck(packet, opts, clientCountCallback, ack) {
