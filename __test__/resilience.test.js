@@ -49,6 +49,28 @@ describe('resilience', () => {
     }
   });
 
+  // sendQueued() runs in a microtask at the end of the turn: thrown there it would be uncaught.
+  it("a panic while sending a turn's publishes is reported, and they go with the next turn", async () => {
+    const cluster = await startCluster(2);
+    try {
+      const adapter = cluster.ios[0].of('/').adapter;
+      const errors = [];
+      adapter.on('error', (err) => errors.push(err));
+      const client = await cluster.client(1);
+      const seen = [];
+      client.on('q', (n) => seen.push(n));
+      withFailpoints(adapter._cluster.native).__panicOnNextSendForTest();
+      cluster.ios[0].emit('q', 1); // queued; this turn's send panics
+      await eventually(() => errors.length > 0, 'the failed send to be reported');
+      assert.match(errors[0].message, /sending failed: panic injected by a test/);
+      cluster.ios[0].emit('q', 2);
+      await eventually(() => seen.length === 2, 'both messages after the next turn');
+      assert.deepEqual(seen, [1, 2]);
+    } finally {
+      await cluster.close();
+    }
+  });
+
   it('a blocked event loop leaves the backlog in the broker, then every message arrives', async () => {
     // Publishes travel in batches of up to 256 packets, so the prefetch window (in AMQP messages)
     // must be small for 3000 packets to overflow it and leave a backlog on the broker.

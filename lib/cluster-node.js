@@ -41,7 +41,12 @@ class ClusterNode {
     this._sendScheduled = false;
     this._sendQueued = () => {
       this._sendScheduled = false;
-      this.native.sendQueued();
+      try {
+        this.native.sendQueued();
+      } catch (err) {
+        // Thrown in a microtask it would be uncaught: report it (what is queued stays queued).
+        this.reportError(new Error(`socket.io-amqp0-native: sending failed: ${err.message}`));
+      }
     };
   }
 

@@ -39,7 +39,12 @@ class Emitter {
     this._sendScheduled = false;
     this._sendQueued = () => {
       this._sendScheduled = false;
-      this._native.sendQueued();
+      try {
+        this._native.sendQueued();
+      } catch (err) {
+        // Thrown in a microtask it would be uncaught: report it (what is queued stays queued).
+        this._onEvent('error', `sending failed: ${err.message}`);
+      }
     };
     this._events = new EventEmitter();
   }

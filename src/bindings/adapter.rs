@@ -211,6 +211,9 @@ pub struct RequestHandle {
 #[napi]
 pub struct NativeNode {
     node: Arc<Node>,
+    /// Test failpoint: the next `sendQueued()` panics.
+    #[cfg(feature = "failpoints")]
+    panic_on_next_send: std::sync::atomic::AtomicBool,
 }
 
 #[napi]
@@ -244,7 +247,11 @@ impl NativeNode {
         let node = Node::new(config, waker);
         let starter = node.clone();
         super::in_runtime(move || starter.start());
-        Ok(NativeNode { node })
+        Ok(NativeNode {
+            node,
+            #[cfg(feature = "failpoints")]
+            panic_on_next_send: Default::default(),
+        })
     }
 
     #[napi(getter, catch_unwind)]
@@ -286,6 +293,10 @@ impl NativeNode {
     /// this call, so one turn's publishes leave together).
     #[napi(catch_unwind)]
     pub fn send_queued(&self) {
+        #[cfg(feature = "failpoints")]
+        if self.panic_on_next_send.swap(false, Ordering::Relaxed) {
+            panic!("panic injected by a test");
+        }
         self.node.send_queued();
     }
 
@@ -332,6 +343,12 @@ impl NativeNode {
     #[napi(js_name = "__panicForTest", catch_unwind)]
     pub fn panic_for_test(&self) {
         panic!("panic injected by a test");
+    }
+
+    /// Test failpoint: the next `sendQueued()` (at the end of a JS turn that published) panics.
+    #[napi(js_name = "__panicOnNextSendForTest", catch_unwind)]
+    pub fn panic_on_next_send_for_test(&self) {
+        self.panic_on_next_send.store(true, Ordering::Relaxed);
     }
 
     /// Test failpoint: the consumer panics while handling the next broadcast.
