@@ -5,6 +5,7 @@ const native = require('./native');
 const { namespaceHandle } = require('./namespace-handle');
 const { urlProblem, brokerSettings, recoverySettings } = require('./options');
 const { OffsetSequence } = require('./offsets');
+const { endOfTurn } = require('./end-of-turn');
 
 const LOG_PREFIX = '[socket.io-amqp0-native]';
 
@@ -38,24 +39,15 @@ class ClusterNode {
           () => this._onWake(),
         );
     this.closing = null;
-    this._sendScheduled = false;
-    this._sendQueued = () => {
-      this._sendScheduled = false;
-      try {
-        this.native.sendQueued();
-      } catch (err) {
-        // Thrown in a microtask it would be uncaught: report it (what is queued stays queued).
-        this.reportError(new Error(`socket.io-amqp0-native: sending failed: ${err.message}`));
-      }
-    };
+    this._sendAtEndOfTurn = endOfTurn(
+      () => this.native.sendQueued(),
+      (err) => this.reportError(new Error(`socket.io-amqp0-native: sending failed: ${err.message}`)),
+    );
   }
 
-  // Native calls that publish only queue; the queue leaves at the end of the current JS turn, so
-  // a turn that emits many packets wakes the broker thread once instead of once per packet.
+  // Native calls that publish only queue: what they queued leaves at the end of this JS turn.
   sendSoon() {
-    if (this._sendScheduled || !this.native) return;
-    this._sendScheduled = true;
-    queueMicrotask(this._sendQueued);
+    if (this.native) this._sendAtEndOfTurn();
   }
 
   /** Connection state recovery: the offset of this server's next stored packet (lib/offsets.js). */

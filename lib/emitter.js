@@ -8,6 +8,7 @@ const native = require('./native');
 const { normalizeOptions, urlProblem, brokerSettings } = require('./options');
 const { encodeValue } = require('./payload');
 const { OffsetSequence } = require('./offsets');
+const { endOfTurn } = require('./end-of-turn');
 
 const LOG_PREFIX = '[socket.io-amqp0-native emitter]';
 // Events a Socket.IO client reserves for itself (as Socket.IO's own emitters refuse them).
@@ -34,18 +35,11 @@ class Emitter {
     this._native = new native.NativeEmitter(brokerSettings(options), ([kind, detail]) => this._onEvent(kind, detail));
     this._root = new BroadcastOperator(this, '/', new Set(), new Set(), {});
     this._closing = null;
-    // Publishing calls only queue; the turn's publishes leave together at its end (one hand-off to
-    // the broker's thread per turn, as the adapter does).
-    this._sendScheduled = false;
-    this._sendQueued = () => {
-      this._sendScheduled = false;
-      try {
-        this._native.sendQueued();
-      } catch (err) {
-        // Thrown in a microtask it would be uncaught: report it (what is queued stays queued).
-        this._onEvent('error', `sending failed: ${err.message}`);
-      }
-    };
+    // Publishing calls only queue: what a turn queued leaves at its end, as with the adapter.
+    this._sendSoon = endOfTurn(
+      () => this._native.sendQueued(),
+      (err) => this._onEvent('error', `sending failed: ${err.message}`),
+    );
     this._events = new EventEmitter();
   }
 
@@ -70,12 +64,6 @@ class Emitter {
     return this._native.ready().catch((err) => {
       throw new Error(`socket.io-amqp0-native: ${err.message}`);
     });
-  }
-
-  _sendSoon() {
-    if (this._sendScheduled) return;
-    this._sendScheduled = true;
-    queueMicrotask(this._sendQueued);
   }
 
   /** Sends what is still buffered, then closes the connection. */

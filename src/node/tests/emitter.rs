@@ -3,16 +3,24 @@ use crate::emitter::{Emitter, EmitterEvent};
 use crate::packet::Arg;
 use crate::recovery::offset_time_ms;
 
+/// A broker, a server with socket "s1" in room "r", and an emitter on the same broker.
+async fn server_and_emitter(
+    on_event: impl Fn(EmitterEvent) + Send + Sync + 'static,
+) -> (Arc<MemoryBroker>, Server, Arc<Emitter>) {
+    let broker = MemoryBroker::new();
+    let server = Server::serving(&broker, config(false)).await;
+    server.join("s1", &["r"]);
+    let bus = Arc::new(MemoryBus(broker.clone()));
+    let emitter = Emitter::start_on(bus, config(false).broker, on_event);
+    (broker, server, emitter)
+}
+
 /// The emitter's broadcasts reach the servers' sockets; a recoverable one carries its offset as
 /// the packet's last argument and in the envelope (so it is copied to the recovery log), a
 /// volatile one never does.
 #[tokio::test(start_paused = true)]
 async fn an_emitters_recoverable_broadcast_carries_its_offset() {
-    let broker = MemoryBroker::new();
-    let server = Server::serving(&broker, config(false)).await;
-    server.join("s1", &["r"]);
-    let bus = Arc::new(MemoryBus(broker.clone()));
-    let emitter = Emitter::start_on(bus, config(false).broker, |_| {});
+    let (broker, server, emitter) = server_and_emitter(|_| {}).await;
     emitter.ready().await.expect("the emitter connects");
     emitter.of("/").to("r").emit("plain", &[Arg::string("a")]);
     emitter
@@ -70,15 +78,9 @@ async fn an_emitters_recoverable_broadcast_carries_its_offset() {
 /// took, and what it emitted meanwhile arrives once.
 #[tokio::test(start_paused = true)]
 async fn an_emitter_reconnects_and_sends_what_waited() {
-    let broker = MemoryBroker::new();
-    let server = Server::serving(&broker, config(false)).await;
-    server.join("s1", &["r"]);
     let events = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let sink = events.clone();
-    let bus = Arc::new(MemoryBus(broker.clone()));
-    let emitter = Emitter::start_on(bus, config(false).broker, move |event| {
-        sink.lock().push(event)
-    });
+    let (broker, server, emitter) = server_and_emitter(move |event| sink.lock().push(event)).await;
     emitter.ready().await.expect("the emitter connects");
     broker.refuse_connections(true);
     broker.drop_connections();
@@ -129,11 +131,7 @@ async fn an_emitter_reconnects_and_sends_what_waited() {
 /// and without the connection task; they arrive in order.
 #[tokio::test(start_paused = true)]
 async fn an_emitter_sent_by_its_host_hands_off_on_the_hosts_call() {
-    let broker = MemoryBroker::new();
-    let server = Server::serving(&broker, config(false)).await;
-    server.join("s1", &["r"]);
-    let bus = Arc::new(MemoryBus(broker.clone()));
-    let emitter = Emitter::start_on(bus, config(false).broker, |_| {});
+    let (broker, server, emitter) = server_and_emitter(|_| {}).await;
     emitter.sent_by_host();
     emitter.ready().await.expect("the emitter connects");
     settle().await;
