@@ -194,9 +194,7 @@ impl Emitter {
     /// connection task for it.
     #[cfg(any(feature = "node", test))]
     pub(crate) fn send_queued(&self) {
-        if !self.handoff.send_now(&self.sending()) {
-            self.outbox.wake();
-        }
+        self.handoff.send_at_end_of_turn(&self.sending());
     }
 
     /// Sends what waits, then closes the connection. Idempotent.

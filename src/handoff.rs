@@ -67,10 +67,20 @@ impl Handoff {
         }
     }
 
-    /// The host's end of turn: hands off what is waiting unless the attached link still has
-    /// [`UNWRITTEN_HAND_OFFS`] hand-offs to write. False when something is left for the connection
-    /// task (no link, writes behind, more than one hand-off's worth, a failure).
-    pub(crate) fn send_now(&self, sending: &Sending<'_>) -> bool {
+    /// The host's end of turn: hands off on the calling thread what it can (see [`send_now`]), and
+    /// wakes the connection task for the rest.
+    ///
+    /// [`send_now`]: Self::send_now
+    pub(crate) fn send_at_end_of_turn(&self, sending: &Sending<'_>) {
+        if !self.send_now(sending) {
+            sending.outbox.wake();
+        }
+    }
+
+    /// Hands off what is waiting unless the attached link still has [`UNWRITTEN_HAND_OFFS`]
+    /// hand-offs to write. False when something is left for the connection task (no link, writes
+    /// behind, more than one hand-off's worth, a failure).
+    fn send_now(&self, sending: &Sending<'_>) -> bool {
         let Some(mut state) = self.state.try_lock() else {
             return false;
         };

@@ -358,9 +358,7 @@ impl Node {
     /// Sends the publishes the host queued: hands them to the link on the calling thread when it
     /// can (see `handoff.rs`), else wakes the connection task for them.
     pub fn send_queued(&self) {
-        if !self.handoff.send_now(&self.sending()) {
-            self.outbox.wake();
-        }
+        self.handoff.send_at_end_of_turn(&self.sending());
     }
 
     /// The outbox and its publish counter, for a hand-off.
