@@ -487,13 +487,12 @@ function notifyOutgoing(socket, packet) {
 }
 
 // Decoding a remote packet costs more than writing it: only for a socket with onAnyOutgoing
-// listeners. Socket.IO keeps them in `_anyOutgoingListeners`, unset until the first one; its public
-// `listenersAnyOutgoing()` says the same where that field is named otherwise.
+// listeners. Every Socket.IO this package supports (peer ^4.7) keeps them in
+// `_anyOutgoingListeners`, unset until the first one. (Asking `listenersAnyOutgoing()` instead
+// would make an empty array per socket and delivery.)
 function hasOutgoingListeners(socket) {
   const listeners = socket._anyOutgoingListeners;
-  if (listeners !== undefined) return listeners.length > 0;
-  if (typeof socket.notifyOutgoingListeners !== 'function') return false;
-  return typeof socket.listenersAnyOutgoing === 'function' ? socket.listenersAnyOutgoing().length > 0 : true;
+  return listeners !== undefined && listeners.length > 0;
 }
 
 // The native side takes strings and Buffers; parsers may hand out other byte views.
