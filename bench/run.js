@@ -50,8 +50,8 @@ process.on('exit', () => {
 
 // ---- child processes driven over IPC ------------------------------------------------------
 
-function spawnWorker(script, args, execArgv = []) {
-  const child = fork(path.join(__dirname, script), args.map(String), { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+function spawnWorker(script, args) {
+  const child = fork(path.join(__dirname, script), args.map(String), { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   const pending = new Map();
   let nextId = 1;
@@ -277,22 +277,21 @@ async function maxRateCrowd(cluster) {
     await crowd.call('connect', {}, 60000);
     extra.push(crowd);
   }
-  const groups = [...cluster.clientGroups, ...extra];
+  // The cluster with the crowd's client groups, for received() and resetClients().
+  const crowded = { ...cluster, clientGroups: [...cluster.clientGroups, ...extra] };
   const clients = cluster.clientGroups.length * CLIENTS + extra.length * extraPerGroup;
   try {
-    await Promise.all(groups.map((g) => g.call('reset')));
+    await resetClients(crowded);
     const sender = cluster.servers[0];
     await sender.call('markStart');
     const start = Date.now();
     const { sent } = await sender.call('blast', { count: CROWD_BLAST, event: 'crowd' }, 120000);
     const sentMark = await sender.call('markStop');
     const expected = sent * clients;
-    const total = async () =>
-      (await Promise.all(groups.map((g) => g.call('report', { event: 'crowd' })))).reduce((n, r) => n + r.received, 0);
-    let delivered = await total();
+    let delivered = (await received(crowded, 'crowd')).total;
     while (delivered < expected && Date.now() - start < 60000) {
       await new Promise((resolve) => setTimeout(resolve, 20));
-      delivered = await total();
+      delivered = (await received(crowded, 'crowd')).total;
     }
     const seconds = (Date.now() - start) / 1000;
     return {

@@ -1,11 +1,11 @@
 //! `NativeNode` and `NativeNamespace`: the adapter's side of the napi surface.
 
 use super::from_js::{JsPacket, JsRooms};
-use super::{millis, to_js_parts, BrokerOptions, JsPart};
+use super::{millis, to_js_packet, to_js_parts, BrokerOptions, JsPart};
 use crate::node::{Drained, Joined, NamespaceHandle, Node, NodeConfig, RequestSent};
 use crate::recovery::{RecoveryConfig, SessionToPersist};
 use crate::room_index::RoomIndex;
-use crate::wire::{Message, PacketPart, Target, WriteFlags};
+use crate::wire::{Message, Target, WriteFlags};
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi_derive::napi;
@@ -384,11 +384,7 @@ fn to_js_batch(drained: Vec<Drained>) -> DrainedBatch {
                 };
                 slots.extend_from_slice(&to);
                 broadcasts.extend([namespace as u32, slots.len() as u32, broadcast_flags(flags)]);
-                packets.push(match <[PacketPart; 1]>::try_from(packet) {
-                    Ok([PacketPart::Text(text)]) => Either::A(text),
-                    Ok(one) => Either::B(to_js_parts(one.into())),
-                    Err(parts) => Either::B(to_js_parts(parts)),
-                });
+                packets.push(to_js_packet(packet));
             }
             other => {
                 items_after.push(packets.len() as u32);

@@ -68,6 +68,15 @@ pub(crate) fn in_runtime<T>(start: impl FnOnce() -> T) -> T {
 /// A JS-side encoded packet chunk: the parser's string or a binary attachment.
 type JsPart = Either<String, Buffer>;
 
+/// A packet as the JS side takes it whole: one text part as the string itself (no array), else
+/// its parts.
+pub(crate) fn to_js_packet(mut parts: Vec<PacketPart>) -> Either<String, Vec<JsPart>> {
+    match parts.as_mut_slice() {
+        [PacketPart::Text(text)] => Either::A(std::mem::take(text)),
+        _ => Either::B(to_js_parts(parts)),
+    }
+}
+
 pub(crate) fn to_js_parts(parts: Vec<PacketPart>) -> Vec<JsPart> {
     parts
         .into_iter()
