@@ -105,6 +105,47 @@ for (const roomRouting of [false, true]) {
       assert.ok(!flagged[1].volatile);
     });
 
+    // A text broadcast is framed once for all its websocket recipients (lib/ws-frame.js). The
+    // encoded packet is `2["frame","<text>"]` after engine.io's type byte: the lengths sweep across
+    // the payload sizes 125/126 and 65535/65536, where the frame header grows, in ASCII and in
+    // multi-byte UTF-8 (the header counts bytes, not characters). A polling client gets the same.
+    it('texts of every WebSocket frame size arrive intact, framed once per broadcast', async () => {
+      const polling = await cluster.client(1, '/', { transports: ['polling'] });
+      const receivers = [...clients, polling];
+      const texts = [];
+      for (let n = 100; n < 135; n++) texts.push('a'.repeat(n));
+      for (let n = 65500; n < 65540; n++) texts.push('b'.repeat(n));
+      texts.push('é'.repeat(70), '😀'.repeat(40), 'ü'.repeat(33000), `${'x'.repeat(65515)}é😀`);
+      // Which writes carried a pre-built frame, on the sender's server and on another.
+      const framed = [0, 1].map((i) => {
+        const socket = cluster.ios[i].of('/').sockets.get(clients[i].id);
+        const writes = [];
+        const original = socket.client.writeToEngine;
+        socket.client.writeToEngine = function (encoded, opts) {
+          writes.push(opts.wsPreEncodedFrame !== undefined);
+          return original.call(this, encoded, opts);
+        };
+        return { writes, restore: () => (socket.client.writeToEngine = original) };
+      });
+      const seen = receivers.map((client) => record(client, 'frame'));
+      try {
+        for (const text of texts) cluster.ios[0].emit('frame', text);
+        for (const client of receivers) await barrier(cluster.ios[0], client);
+      } finally {
+        for (const client of receivers) client.off('frame');
+        for (const { restore } of framed) restore();
+        polling.disconnect();
+      }
+      for (const [i, got] of seen.entries()) {
+        assert.equal(got.length, texts.length, `client ${i} got every text`);
+        for (const [k, [text]] of got.entries()) assert.ok(text === texts[k], `client ${i}: text ${k} arrived intact`);
+      }
+      for (const [i, { writes }] of framed.entries()) {
+        assert.ok(writes.length >= texts.length, `server ${i} wrote every text`);
+        assert.ok(writes.slice(0, texts.length).every(Boolean), `server ${i} framed each text once for all sockets`);
+      }
+    });
+
     it('binary payloads, nested and large, arrive as Buffers', async () => {
       const large = Buffer.alloc(2 * 1024 * 1024);
       for (let i = 0; i < large.length; i++) large[i] = i % 251;

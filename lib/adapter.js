@@ -8,6 +8,7 @@ const { Adapter } = require('socket.io-adapter');
 const { roomsView, sidsView } = require('./room-views');
 const { encodeValue, decodeValue } = require('./payload');
 const { isOffset } = require('./offsets');
+const { preEncodedFrame } = require('./ws-frame');
 
 // Bits returned by the native index (src/room_index.rs).
 const ROOM_CREATED = 1;
@@ -161,7 +162,7 @@ class AmqpAdapter extends Adapter {
       offset,
     );
     // Most broadcasts to a room have no local member: then nothing to allocate for the writes.
-    if (slots) this._write(slots, 0, slots.length, encoded, writeOptions(flags), () => packet);
+    if (slots) this._write(slots, 0, slots.length, encoded, writeOptions(flags, encoded), () => packet);
   }
 
   broadcastWithAck(packet, opts, clientCountCallback, ack) {
@@ -188,7 +189,8 @@ class AmqpAdapter extends Adapter {
       }
     }
     const slots = this._native.recipients(listOf(opts.rooms), listOf(opts.except));
-    clientCountCallback(this._sendWithAck(slots, packet, writeOptions(flags), ack, flags.timeout));
+    const options = { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
+    clientCountCallback(this._sendWithAck(slots, packet, options, ack, flags.timeout));
   }
 
   async fetchSockets(opts) {
@@ -333,7 +335,7 @@ class AmqpAdapter extends Adapter {
       if (decoded === undefined) decoded = this._decodePacket(parts);
       return decoded;
     };
-    this._write(slots, start, end, parts, remoteWriteOptions(flags), packet);
+    this._write(slots, start, end, parts, remoteWriteOptions(flags, parts), packet);
   }
 
   _deliverRemoteWithAck(item) {
@@ -405,12 +407,14 @@ class AmqpAdapter extends Adapter {
 
   // Sends `packet` with a fresh local id to the sockets in `slots`, routing each client's
   // acknowledgement to `ack`; forgets the pending acks after `timeoutMs`. Returns the client count.
+  // `packetOpts` (a fresh object) gets the packet's WebSocket frame.
   _sendWithAck(slots, packet, packetOpts, ack, timeoutMs) {
     const sockets = this._socketsAt(slots);
     if (sockets.length === 0) return 0;
     packet.id = this.nsp._ids++;
     const id = packet.id;
     const encoded = this.encoder.encode(packet);
+    packetOpts.wsPreEncodedFrame = preEncodedFrame(encoded);
     for (const socket of sockets) {
       socket.acks.set(id, ack);
       notifyOutgoing(socket, () => packet);
@@ -469,16 +473,23 @@ function listOf(set) {
   return set.size === 1 ? set.values().next().value : [...set];
 }
 
-function writeOptions(flags) {
-  return { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
+// The options of a write of `encoded` to many sockets: its WebSocket frame built once (ws-frame.js).
+function writeOptions(flags, encoded) {
+  return {
+    preEncoded: true,
+    volatile: flags.volatile,
+    compress: flags.compress,
+    wsPreEncodedFrame: preEncodedFrame(encoded),
+  };
 }
 
-// The flag bits of a drained broadcast (BROADCAST_* in src/bindings/adapter.rs).
-function remoteWriteOptions(flags) {
+// The same for a drained broadcast, whose flags are bits (BROADCAST_* in src/bindings/adapter.rs).
+function remoteWriteOptions(flags, encoded) {
   return {
     preEncoded: true,
     volatile: (flags & BROADCAST_VOLATILE) !== 0,
     compress: flags & BROADCAST_COMPRESS_SET ? (flags & BROADCAST_COMPRESS) !== 0 : undefined,
+    wsPreEncodedFrame: preEncodedFrame(encoded),
   };
 }
 
