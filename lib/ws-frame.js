@@ -11,7 +11,7 @@
 // The frame is the list `ws`'s Sender#sendFrame takes: here one Buffer, header and payload
 // together, so each socket's send is one write.
 
-const MESSAGE = '4'; // engine.io's "message" packet type, the payload's first byte
+const MESSAGE = 0x34; // '4', engine.io's "message" packet type: the payload's first byte
 const TEXT_FINAL = 0x81; // FIN bit + opcode 1 (text)
 
 /**
@@ -37,7 +37,7 @@ function preEncodedFrame(encoded) {
     frame.writeUInt16BE(0, 2); // the top 16 of the 64 length bits: no frame is that large
     frame.writeUIntBE(payloadLength, 4, 6);
   }
-  frame.write(MESSAGE, headerLength, 'latin1');
+  frame[headerLength] = MESSAGE;
   frame.write(text, headerLength + 1, 'utf8');
   return [frame];
 }
