@@ -162,7 +162,9 @@ class AmqpAdapter extends Adapter {
       offset,
     );
     // Most broadcasts to a room have no local member: then nothing to allocate for the writes.
-    if (slots) this._write(slots, 0, slots.length, encoded, writeOptions(flags, encoded), () => packet);
+    if (slots) {
+      this._write(slots, 0, slots.length, encoded, writeOptions(flags.volatile, flags.compress, encoded), () => packet);
+    }
   }
 
   broadcastWithAck(packet, opts, clientCountCallback, ack) {
@@ -189,8 +191,7 @@ class AmqpAdapter extends Adapter {
       }
     }
     const slots = this._native.recipients(listOf(opts.rooms), listOf(opts.except));
-    const options = { preEncoded: true, volatile: flags.volatile, compress: flags.compress };
-    clientCountCallback(this._sendWithAck(slots, packet, options, ack, flags.timeout));
+    clientCountCallback(this._sendWithAck(slots, packet, flags.volatile, flags.compress, ack, flags.timeout));
   }
 
   async fetchSockets(opts) {
@@ -335,7 +336,10 @@ class AmqpAdapter extends Adapter {
       if (decoded === undefined) decoded = this._decodePacket(parts);
       return decoded;
     };
-    this._write(slots, start, end, parts, remoteWriteOptions(flags, parts), packet);
+    // The flags come as bits (BROADCAST_* in src/bindings/adapter.rs).
+    const volatile = (flags & BROADCAST_VOLATILE) !== 0;
+    const compress = flags & BROADCAST_COMPRESS_SET ? (flags & BROADCAST_COMPRESS) !== 0 : undefined;
+    this._write(slots, start, end, parts, writeOptions(volatile, compress, parts), packet);
   }
 
   _deliverRemoteWithAck(item) {
@@ -344,8 +348,7 @@ class AmqpAdapter extends Adapter {
     const reply = (arg) => {
       this._native.replyAck(from, requestId, encodeValue(arg));
     };
-    const options = { preEncoded: true, volatile: item.volatile, compress: item.compress ?? undefined };
-    const count = this._sendWithAck(item.slots, packet, options, reply, item.timeoutMs);
+    const count = this._sendWithAck(item.slots, packet, item.volatile, item.compress ?? undefined, reply, item.timeoutMs);
     this._native.replyClientCount(from, requestId, count);
   }
 
@@ -407,14 +410,13 @@ class AmqpAdapter extends Adapter {
 
   // Sends `packet` with a fresh local id to the sockets in `slots`, routing each client's
   // acknowledgement to `ack`; forgets the pending acks after `timeoutMs`. Returns the client count.
-  // `packetOpts` (a fresh object) gets the packet's WebSocket frame.
-  _sendWithAck(slots, packet, packetOpts, ack, timeoutMs) {
+  _sendWithAck(slots, packet, volatile, compress, ack, timeoutMs) {
     const sockets = this._socketsAt(slots);
     if (sockets.length === 0) return 0;
     packet.id = this.nsp._ids++;
     const id = packet.id;
     const encoded = this.encoder.encode(packet);
-    packetOpts.wsPreEncodedFrame = preEncodedFrame(encoded);
+    const packetOpts = writeOptions(volatile, compress, encoded);
     for (const socket of sockets) {
       socket.acks.set(id, ack);
       notifyOutgoing(socket, () => packet);
@@ -473,24 +475,10 @@ function listOf(set) {
   return set.size === 1 ? set.values().next().value : [...set];
 }
 
-// The options of a write of `encoded` to many sockets: its WebSocket frame built once (ws-frame.js).
-function writeOptions(flags, encoded) {
-  return {
-    preEncoded: true,
-    volatile: flags.volatile,
-    compress: flags.compress,
-    wsPreEncodedFrame: preEncodedFrame(encoded),
-  };
-}
-
-// The same for a drained broadcast, whose flags are bits (BROADCAST_* in src/bindings/adapter.rs).
-function remoteWriteOptions(flags, encoded) {
-  return {
-    preEncoded: true,
-    volatile: (flags & BROADCAST_VOLATILE) !== 0,
-    compress: flags & BROADCAST_COMPRESS_SET ? (flags & BROADCAST_COMPRESS) !== 0 : undefined,
-    wsPreEncodedFrame: preEncodedFrame(encoded),
-  };
+// The options of a write of `encoded` to many sockets, every write path's: its WebSocket frame is
+// built once (ws-frame.js).
+function writeOptions(volatile, compress, encoded) {
+  return { preEncoded: true, volatile, compress, wsPreEncodedFrame: preEncodedFrame(encoded) };
 }
 
 function notifyOutgoing(socket, packet) {
