@@ -318,7 +318,7 @@ impl NativeNode {
             no_local_recipient: read(&s.no_local_recipient),
             answered_without_host: read(&s.answered_without_host),
             delivered: read(&s.delivered),
-            host_wakeups: read(&s.host_wakeups),
+            host_wakeups: self.node.host_wakeups() as f64,
             malformed: read(&s.malformed),
             reconnects: read(&s.reconnects),
             duplicates: read(&s.duplicates),

@@ -1,6 +1,10 @@
 //! The inbox: work waiting for the host (the JS adapter), the twin of the outbox. The consumer
 //! pushes; the host takes everything at once with `drain`, woken at most once per batch; targets
 //! are resolved against the room index only then, so they match it as it is when written.
+//! While the consumer handles deliveries that are already read it holds the wake-up back
+//! (`hold_wakes` / `release_wakes`): a host that drains on another core as soon as it is woken
+//! would otherwise take the first item alone and be woken again for the next (a request's last
+//! reply and its end were two wake-ups of the JS thread on every request's critical path).
 //! Bounded: past `capacity` the consumer waits (and stops acknowledging, so the broker's prefetch
 //! stops deliveries): backpressure instead of memory growth.
 
@@ -9,7 +13,7 @@ use crate::room_index::Slot;
 use crate::wire::{AckRequest, Message, PacketPart, Target, WriteFlags};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -119,6 +123,12 @@ pub(crate) struct Inbox {
     /// Dropped by `close`: the host's callback may be what keeps the host process alive.
     waker: Mutex<Option<Waker>>,
     wake_pending: AtomicBool,
+    /// Set by the consumer while it handles what is already read: pushes leave the wake-up to
+    /// `release_wakes`. Pushes from other threads too (they see the flag), which is safe: the
+    /// release looks at the items after clearing it (see `push`).
+    holding: AtomicBool,
+    /// How often the host was woken (the `hostWakeups` statistic).
+    wakeups: AtomicU64,
 }
 
 impl Inbox {
@@ -129,22 +139,51 @@ impl Inbox {
             space: Notify::new(),
             waker: Mutex::new(Some(waker)),
             wake_pending: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            wakeups: AtomicU64::new(0),
         }
     }
 
-    /// Queues an item; wakes the host unless a wake-up is pending already. True when it woke it.
-    pub(crate) fn push(&self, item: Inbound) -> bool {
+    /// Queues an item; wakes the host unless a wake-up is pending already or wake-ups are held.
+    pub(crate) fn push(&self, item: Inbound) {
         self.items.lock().push_back(item);
+        // A pusher that sees the hold pushed before the release cleared it, so the release's
+        // look at the items (under the same lock, after clearing) finds this item.
+        if !self.holding.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Holds wake-ups back until `release_wakes` (the consumer, while it handles what is read).
+    pub(crate) fn hold_wakes(&self) {
+        self.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a hold: wakes the host if anything is waiting.
+    pub(crate) fn release_wakes(&self) {
+        if self.holding.swap(false, Ordering::SeqCst) && !self.items.lock().is_empty() {
+            self.wake();
+        }
+    }
+
+    /// Wakes the host unless a wake-up is pending.
+    fn wake(&self) {
         if self.wake_pending.swap(true, Ordering::SeqCst) {
-            return false;
+            return;
         }
         if let Some(wake) = self.waker.lock().as_ref() {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             wake();
         }
-        true
     }
 
-    /// Resolves once the inbox has room (the host drained it).
+    /// How often the host was woken.
+    pub(crate) fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the inbox has room (the host drained it). A full inbox is never held back:
+    /// only the host's drain makes room.
     pub(crate) async fn wait_for_space(&self) {
         loop {
             let space = self.space.notified();
@@ -153,6 +192,7 @@ impl Inbox {
             if self.items.lock().len() < self.capacity {
                 return;
             }
+            self.wake();
             space.await;
         }
     }

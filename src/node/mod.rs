@@ -108,7 +108,6 @@ pub struct Stats {
     pub no_local_recipient: AtomicU64,
     pub answered_without_host: AtomicU64,
     pub delivered: AtomicU64,
-    pub host_wakeups: AtomicU64,
     pub malformed: AtomicU64,
     pub reconnects: AtomicU64,
     /// Redeliveries after a reconnect that had been handled already, dropped.
@@ -511,8 +510,11 @@ impl Node {
     }
 
     pub(crate) fn push(&self, item: Inbound) {
-        if self.inbox.push(item) {
-            self.stats.host_wakeups.fetch_add(1, Ordering::Relaxed);
-        }
+        self.inbox.push(item);
+    }
+
+    /// How often the host was woken to drain (one wake-up per batch).
+    pub fn host_wakeups(&self) -> u64 {
+        self.inbox.wakeups()
     }
 }

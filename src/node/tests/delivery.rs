@@ -51,6 +51,45 @@ async fn a_turns_emits_leave_batched_and_arrive_in_order() {
     assert!(b.wakes.load(Ordering::SeqCst) - wakes <= 2);
 }
 
+/// The same with a host that drains the moment it is woken (the JS thread on the other core):
+/// a batch still wakes it once, not once per packet, because the consumer holds the wake-up
+/// back until it has handled what it read.
+#[tokio::test(start_paused = true)]
+async fn a_batch_wakes_an_eager_host_once() {
+    let broker = MemoryBroker::new();
+    let a = Server::serving(&broker, config(false)).await;
+    let (b, batches) = Server::eager(&broker).await;
+    until(Duration::from_millis(100), "both count 2", || {
+        a.count("/") == 2 && b.count("/") == 2
+    })
+    .await;
+    b.join("sb", &["r"]);
+    settle().await;
+    batches.lock().clear();
+    let before = broker.published().len();
+    for i in 0..300 {
+        a.node.publish("/", packet_to(&["r"], &i.to_string()));
+    }
+    a.node.send_queued();
+    let packets = |batches: &Vec<Vec<Drained>>| -> usize {
+        batches
+            .iter()
+            .flatten()
+            .filter(|item| matches!(item, Drained::Broadcast { .. }))
+            .count()
+    };
+    until(Duration::from_millis(100), "300 packets at B", || {
+        packets(&batches.lock()) == 300
+    })
+    .await;
+    let sent = broker.published().len() - before;
+    let wake_ups = batches.lock().len();
+    assert!(
+        wake_ups <= sent,
+        "{wake_ups} wake-ups for {sent} AMQP messages"
+    );
+}
+
 /// Garbage on the namespace key is counted and reported once per period; what follows is
 /// delivered.
 #[tokio::test(start_paused = true)]

@@ -7,8 +7,9 @@ use crate::bus::memory::{MemoryBroker, MemoryBus};
 use crate::node::{Drained, Node, NodeConfig};
 use crate::transport::{namespace_key, BrokerConfig, CLUSTER_KEY};
 use crate::wire::{self, Message, PacketPart, Target, WriteFlags};
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -50,6 +51,30 @@ impl Server {
         let node = Node::with_bus(config, waker, bus);
         node.start();
         Server { node, wakes }
+    }
+
+    /// A server whose host drains the moment it is woken, as the JS thread does when it runs on
+    /// the other core: each wake-up's batch is kept, in order.
+    async fn eager(broker: &Arc<MemoryBroker>) -> (Server, Arc<Mutex<Vec<Vec<Drained>>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let (counter, kept, slot) = (wakes.clone(), batches.clone(), node_slot.clone());
+        let waker = Arc::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(node) = slot.get().and_then(Weak::upgrade) {
+                kept.lock().push(node.drain());
+            }
+        });
+        let bus = Arc::new(MemoryBus(broker.clone()));
+        let node = Node::with_bus(config(false), waker, bus);
+        let _ = node_slot.set(Arc::downgrade(&node));
+        node.start();
+        node.namespace("/");
+        node.bind_namespace("/")
+            .await
+            .expect("binding / on the in-memory bus");
+        (Server { node, wakes }, batches)
     }
 
     /// A server serving `/`, started on `broker` (not awaited: see [`Server::serving`]).

@@ -81,6 +81,74 @@ async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
     assert_eq!(a.node.pending_requests(), 0);
 }
 
+/// A host that drains the moment it is woken gets a request's last reply and the request's end
+/// in one wake-up: the consumer holds the wake-up back until it has handled what it read. (Woken
+/// for the reply alone, the JS thread drained it and was woken again for the end: two wake-ups
+/// on the critical path of every request.)
+#[tokio::test(start_paused = true)]
+async fn a_requests_last_reply_and_its_end_wake_an_eager_host_once() {
+    let broker = MemoryBroker::new();
+    let (a, batches) = Server::eager(&broker).await;
+    let b = Server::serving(&broker, config(false)).await;
+    until(Duration::from_millis(100), "both count 2", || {
+        a.count("/") == 2 && b.count("/") == 2
+    })
+    .await;
+    b.join("sb", &["r"]);
+    batches.lock().clear();
+    let wakes = a.wakes.load(Ordering::SeqCst);
+    let (id, expected) = fetch(&a, Duration::from_secs(5));
+    assert_eq!(expected, 1);
+    let mut work = Vec::new();
+    until(Duration::from_millis(100), "B's host is asked", || {
+        work.extend(b.drain());
+        !work.is_empty()
+    })
+    .await;
+    let Drained::FetchSockets {
+        from, request_id, ..
+    } = &work[0]
+    else {
+        panic!("B was given {work:?}");
+    };
+    b.node.reply(
+        from,
+        "/",
+        Message::FetchSocketsResponse {
+            request_id: *request_id,
+            sockets: vec![PacketPart::Text("sb".into())],
+        },
+    );
+    b.node.send_queued();
+    until(Duration::from_millis(100), "the request completes", || {
+        batches
+            .lock()
+            .iter()
+            .any(|batch| done_of(batch, id).is_some())
+    })
+    .await;
+    let batches = batches.lock();
+    let kinds: Vec<Vec<&str>> = batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .map(|item| match item {
+                    Drained::Reply { .. } => "reply",
+                    Drained::RequestDone { .. } => "done",
+                    _ => "other",
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![vec!["reply", "done"]],
+        "A's host was woken per item"
+    );
+    assert_eq!(a.wakes.load(Ordering::SeqCst) - wakes, 1);
+}
+
 /// C closes before answering: once B has answered, the request ends (not at its timeout),
 /// incomplete, naming C.
 #[tokio::test(start_paused = true)]
