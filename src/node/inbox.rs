@@ -1,10 +1,11 @@
 //! The inbox: work waiting for the host (the JS adapter), the twin of the outbox. The consumer
 //! pushes; the host takes everything at once with `drain`, woken at most once per batch; targets
 //! are resolved against the room index only then, so they match it as it is when written.
-//! While the consumer handles deliveries that are already read it holds the wake-up back
-//! (`hold_wakes` / `release_wakes`): a host that drains on another core as soon as it is woken
-//! would otherwise take the first item alone and be woken again for the next (a request's last
-//! reply and its end were two wake-ups of the JS thread on every request's critical path).
+//! While the consumer handles one delivery it holds the wake-up back (`hold_wakes`): a host that
+//! drains on another core as soon as it is woken would otherwise take the delivery's first item
+//! alone and be woken again for the next (a request's last reply and its end were two wake-ups of
+//! the JS thread on every request's critical path; a batch could be one per packet). Only for
+//! one delivery: across deliveries the host drains while the consumer goes on (pipelining).
 //! Bounded: past `capacity` the consumer waits (and stops acknowledging, so the broker's prefetch
 //! stops deliveries): backpressure instead of memory growth.
 
@@ -123,9 +124,9 @@ pub(crate) struct Inbox {
     /// Dropped by `close`: the host's callback may be what keeps the host process alive.
     waker: Mutex<Option<Waker>>,
     wake_pending: AtomicBool,
-    /// Set by the consumer while it handles what is already read: pushes leave the wake-up to
-    /// `release_wakes`. Pushes from other threads too (they see the flag), which is safe: the
-    /// release looks at the items after clearing it (see `push`).
+    /// Set by the consumer while it handles a delivery: pushes leave the wake-up to the end of
+    /// the hold. Pushes from other threads too (they see the flag), which is safe:
+    /// the release looks at the items after clearing it (see `push`).
     holding: AtomicBool,
     /// How often the host was woken (the `hostWakeups` statistic).
     wakeups: AtomicU64,
@@ -154,16 +155,12 @@ impl Inbox {
         }
     }
 
-    /// Holds wake-ups back until `release_wakes` (the consumer, while it handles what is read).
-    pub(crate) fn hold_wakes(&self) {
+    /// Holds wake-ups back until the hold is dropped (the consumer, while it handles a
+    /// delivery); dropping it wakes the host if anything is waiting. A guard, so a consumer that ends
+    /// or is dropped mid-burst cannot leave the host asleep.
+    pub(crate) fn hold_wakes(&self) -> WakeHold<'_> {
         self.holding.store(true, Ordering::SeqCst);
-    }
-
-    /// Ends a hold: wakes the host if anything is waiting.
-    pub(crate) fn release_wakes(&self) {
-        if self.holding.swap(false, Ordering::SeqCst) && !self.items.lock().is_empty() {
-            self.wake();
-        }
+        WakeHold(self)
     }
 
     /// Wakes the host unless a wake-up is pending.
@@ -258,5 +255,71 @@ impl Inbox {
     /// Stops waking the host.
     pub(crate) fn close(&self) {
         self.waker.lock().take();
+    }
+}
+
+/// See [`Inbox::hold_wakes`]. Two holds at once (an old session's consumer finishing beside the
+/// new one's) only batch less: whichever ends first lets pushes wake again, and a push that saw
+/// the hold is always followed by the release that checks the items.
+pub(crate) struct WakeHold<'a>(&'a Inbox);
+
+impl Drop for WakeHold<'_> {
+    fn drop(&mut self) {
+        let inbox = self.0;
+        if inbox.holding.swap(false, Ordering::SeqCst) && !inbox.items.lock().is_empty() {
+            inbox.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn counted() -> (Inbox, Arc<AtomicUsize>) {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let counter = wakes.clone();
+        let inbox = Inbox::new(
+            Arc::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }),
+            100,
+        );
+        (inbox, wakes)
+    }
+
+    fn item() -> Inbound {
+        Inbound::Ready(Drained::Error("x".into()))
+    }
+
+    /// Pushes under a hold wake the host once, when the hold ends, however it ends.
+    #[test]
+    fn a_hold_wakes_once_when_it_ends() {
+        let (inbox, wakes) = counted();
+        let hold = inbox.hold_wakes();
+        inbox.push(item());
+        inbox.push(item());
+        assert_eq!(wakes.load(Ordering::SeqCst), 0);
+        drop(hold);
+        assert_eq!(wakes.load(Ordering::SeqCst), 1);
+        assert_eq!(inbox.drain().0.len(), 2);
+        // Nothing waiting: ending a hold wakes nobody; without one, a push wakes at once.
+        drop(inbox.hold_wakes());
+        assert_eq!(wakes.load(Ordering::SeqCst), 1);
+        inbox.push(item());
+        assert_eq!(wakes.load(Ordering::SeqCst), 2);
+    }
+
+    /// A host that drained meanwhile (woken by a push before the hold) is not woken for nothing.
+    #[test]
+    fn a_hold_ending_after_a_drain_wakes_nobody() {
+        let (inbox, wakes) = counted();
+        inbox.push(item());
+        let hold = inbox.hold_wakes();
+        inbox.push(item());
+        assert_eq!(inbox.drain().0.len(), 2);
+        drop(hold);
+        assert_eq!(wakes.load(Ordering::SeqCst), 1);
     }
 }

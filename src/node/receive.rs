@@ -42,40 +42,38 @@ impl Node {
         let reason = loop {
             let next = match future::poll_once(deliveries.next()).await {
                 Some(next) => next,
-                // Nothing more is read: the host hears about what the deliveries handled so far
-                // queued for it, with one wake-up.
-                None => {
-                    self.inbox.release_wakes();
-                    match std::mem::take(&mut to_ack) {
-                        false => deliveries.next().await,
-                        // Idle with deliveries handled but not acknowledged: acknowledge
-                        // them once the queue has been quiet for IDLE_ACK_DELAY, not when more
-                        // traffic comes (the queue outlives the connection, so they would be
-                        // redelivered), and not at once either: at moderate rates the consumer
-                        // is idle between almost every two deliveries, and an ack per delivery
-                        // costs a hand-off to lapin's I/O thread and back per message.
-                        true => {
-                            match tokio::time::timeout(IDLE_ACK_DELAY, deliveries.next()).await {
-                                // More came: acknowledging it (or a later one) covers this one.
-                                Ok(next) => next,
-                                Err(_quiet) => {
-                                    unacked = 0;
-                                    deliveries.ack_delivered().await;
-                                    deliveries.next().await
-                                }
+                None => match std::mem::take(&mut to_ack) {
+                    false => deliveries.next().await,
+                    // Idle with deliveries handled but not acknowledged: acknowledge them once
+                    // the queue has been quiet for IDLE_ACK_DELAY, not when more traffic comes
+                    // (the queue outlives the connection, so they would be redelivered), and not
+                    // at once either: at moderate rates the consumer is idle between almost every
+                    // two deliveries, and an ack per delivery costs a hand-off to lapin's I/O
+                    // thread and back per message.
+                    true => {
+                        match tokio::time::timeout(IDLE_ACK_DELAY, deliveries.next()).await {
+                            // More came: acknowledging it (or a later one) covers this one.
+                            Ok(next) => next,
+                            Err(_quiet) => {
+                                unacked = 0;
+                                deliveries.ack_delivered().await;
+                                deliveries.next().await
                             }
                         }
                     }
-                }
+                },
             };
             match next {
                 Some(Ok(delivery)) => {
-                    self.inbox.hold_wakes();
+                    // One wake-up for what this message gives the host (a batch, a request's
+                    // last reply and its end), not one per item (see `Inbox::hold_wakes`).
+                    let hold = self.inbox.hold_wakes();
                     // Panics in handling are contained per message (see `dispatch_contained`);
                     // this catches what is left (decoding) so the consumer always goes on.
                     let handled = AssertUnwindSafe(self.on_message(&delivery.body, &delivery.key))
                         .catch_unwind()
                         .await;
+                    drop(hold);
                     if let Err(panic) = handled {
                         self.report(format!(
                             "internal error while handling a delivery (dropped): {}",
@@ -98,7 +96,6 @@ impl Node {
                 None => break "the broker cancelled this server's consumer".to_string(),
             }
         };
-        self.inbox.release_wakes();
         let _ = lost.send(reason);
     }
 

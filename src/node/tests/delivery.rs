@@ -53,7 +53,7 @@ async fn a_turns_emits_leave_batched_and_arrive_in_order() {
 
 /// The same with a host that drains the moment it is woken (the JS thread on the other core):
 /// a batch still wakes it once, not once per packet, because the consumer holds the wake-up
-/// back until it has handled what it read.
+/// back until it has handled the whole message.
 #[tokio::test(start_paused = true)]
 async fn a_batch_wakes_an_eager_host_once() {
     let broker = MemoryBroker::new();

@@ -82,7 +82,7 @@ async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
 }
 
 /// A host that drains the moment it is woken gets a request's last reply and the request's end
-/// in one wake-up: the consumer holds the wake-up back until it has handled what it read. (Woken
+/// in one wake-up: the consumer holds the wake-up back until it has handled the message. (Woken
 /// for the reply alone, the JS thread drained it and was woken again for the end: two wake-ups
 /// on the critical path of every request.)
 #[tokio::test(start_paused = true)]
