@@ -19,6 +19,7 @@
 //! `receive.rs` (consumer, dispatch) → `inbox.rs` → that node's host; `restore.rs` is connection
 //! state recovery's part; `tests/` runs the protocol on the in-memory bus.
 
+mod expiry;
 mod handle;
 mod inbox;
 mod receive;
@@ -44,6 +45,7 @@ use crate::sequence::Tracker;
 use crate::throttle::Throttle;
 use crate::transport::{namespace_key, room_key, routable_room, server_key, BrokerConfig};
 use crate::wire::{random_uid, Envelope, Message};
+use expiry::Deadlines;
 use futures_lite::FutureExt;
 use inbox::{Inbound, Inbox};
 use parking_lot::{Mutex, RwLock};
@@ -141,6 +143,8 @@ pub struct Node {
     /// Room routing's state (unused without it).
     pub(crate) rooms: RoomBindings,
     requests: Mutex<Requests>,
+    /// When open requests time out (`expiry.rs`).
+    deadlines: Arc<Deadlines>,
     pub(crate) outbox: Outbox,
     /// Hands the outbox to the link, from the JS thread or the connection task.
     pub(crate) handoff: Handoff,
@@ -187,6 +191,7 @@ impl Node {
             hello_answer_due: AtomicBool::new(false),
             rooms: RoomBindings::default(),
             requests: Mutex::default(),
+            deadlines: Arc::default(),
             outbox,
             handoff: Handoff::default(),
             control,
@@ -232,6 +237,10 @@ impl Node {
             }
         };
         *self.task.lock() = Some(runtime.spawn(task));
+        runtime.spawn(Node::expire_requests(
+            Arc::downgrade(self),
+            self.deadlines.clone(),
+        ));
         let _guard = runtime.enter();
         self.start_recovery();
     }
@@ -446,6 +455,7 @@ impl Node {
         if let Some(task) = task {
             let _ = task.await;
         }
+        self.deadlines.close();
         self.inbox.close();
     }
 
@@ -484,25 +494,9 @@ impl Node {
         Envelope::new(&self.uid, nsp, message)
     }
 
-    fn expire_after(self: &Arc<Self>, id: u32, timeout: Duration) {
-        let Some(runtime) = self.runtime.get() else {
-            return;
-        };
-        let node = Arc::downgrade(self);
-        runtime.spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(node) = node.upgrade() {
-                let answered = node.requests.lock().expire(id);
-                if let Some(answered) = answered {
-                    node.push(Inbound::Ready(Drained::RequestDone {
-                        request_id: id,
-                        timed_out: true,
-                        answered: answered as u32,
-                        incomplete: None,
-                    }));
-                }
-            }
-        });
+    fn expire_after(&self, id: u32, timeout: Duration) {
+        self.deadlines
+            .add(id, tokio::time::Instant::now() + timeout);
     }
 
     pub(crate) fn report(&self, message: String) {

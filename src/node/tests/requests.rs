@@ -213,6 +213,47 @@ async fn a_request_times_out_with_the_answers_it_got() {
     assert_eq!(a.node.pending_requests(), 0);
 }
 
+/// Requests with different timeouts each end at their own deadline, whatever the order they were
+/// opened in (the timer task sleeps until the earliest and is woken for an earlier one), and one
+/// that completed does not time out later.
+#[tokio::test(start_paused = true)]
+async fn requests_time_out_at_their_own_deadlines_in_any_order() {
+    let (_broker, [a, b, _c]) = three().await;
+    b.join("sb", &["r"]);
+    let started = Instant::now();
+    // Each opened once the timer task sleeps again.
+    let (long, _) = fetch(&a, Duration::from_secs(10));
+    settle().await;
+    let (short, _) = fetch(&a, Duration::from_secs(1));
+    settle().await;
+    let (middle, _) = fetch(&a, Duration::from_secs(3));
+    let mut got = Vec::new();
+    let mut ended = Vec::new();
+    until(Duration::from_secs(11), "every request times out", || {
+        for item in a.drain() {
+            if let Drained::RequestDone { request_id, .. } = &item {
+                ended.push((*request_id, started.elapsed()));
+            }
+            got.push(item);
+        }
+        ended.len() == 3
+    })
+    .await;
+    let order: Vec<u32> = ended.iter().map(|(id, _)| *id).collect();
+    assert_eq!(order, vec![short, middle, long]);
+    for ((_, at), timeout) in ended.iter().zip([1, 3, 10]) {
+        let timeout = Duration::from_secs(timeout);
+        assert!(
+            *at >= timeout && *at < timeout + Duration::from_millis(10),
+            "ended after {at:?}, timeout {timeout:?}"
+        );
+    }
+    for id in [short, middle, long] {
+        assert_eq!(done_of(&got, id), Some((true, 1, None)));
+    }
+    assert_eq!(a.node.pending_requests(), 0);
+}
+
 /// No other server: nothing is sent and nothing stays open.
 #[tokio::test(start_paused = true)]
 async fn a_request_with_nobody_to_ask_sends_nothing() {
