@@ -343,9 +343,19 @@ async function deleteRecoveryStream(cluster) {
 
 async function roundTrips(cluster) {
   if (cluster.kind === 'memory') return null;
+  // The event loops' busy time over the serverSideEmit round trips, all servers together: the
+  // JavaScript work a round trip costs (the requester's and every responder's), which no adapter
+  // can take off the critical path.
+  await Promise.all(cluster.servers.map((s) => s.call('markStart')));
   const sse = await cluster.servers[0].call('serverSideEmitRoundTrips', { count: 200 });
+  const marks = await Promise.all(cluster.servers.map((s) => s.call('markStop')));
   const fetch = await cluster.servers[0].call('fetchSocketsRoundTrips', { count: 100 });
-  return { serverSideEmitMs: medianOf(sse.times), fetchSocketsMs: medianOf(fetch.times), fetchedSockets: fetch.sockets };
+  return {
+    serverSideEmitMs: medianOf(sse.times),
+    serverSideEmitLoopMs: marks.reduce((sum, m) => sum + m.loopBusyMs, 0) / sse.times.length,
+    fetchSocketsMs: medianOf(fetch.times),
+    fetchedSockets: fetch.sockets,
+  };
 }
 
 async function memory(kind) {
@@ -430,6 +440,7 @@ function table(results) {
     ['1000 rooms: CPU ms / 1000 deliveries, JS thread', (r) => r.rooms.threads.js.cpuMsPer1000, 2],
     ['  runtime + lapin threads', (r) => r.rooms.threads.runtime.cpuMsPer1000 + r.rooms.threads.lapin.cpuMsPer1000, 2],
     ['serverSideEmit with ack: round trip ms', (r) => r.roundTrips?.serverSideEmitMs, 2],
+    ['  event-loop ms per round trip, all servers', (r) => r.roundTrips?.serverSideEmitLoopMs, 3],
     ['fetchSockets: round trip ms', (r) => r.roundTrips?.fetchSocketsMs, 2],
   ];
   const lines = [];
