@@ -124,9 +124,8 @@ pub(crate) struct Inbox {
     /// Dropped by `close`: the host's callback may be what keeps the host process alive.
     waker: Mutex<Option<Waker>>,
     wake_pending: AtomicBool,
-    /// Set by the consumer while it handles a delivery: pushes leave the wake-up to the end of
-    /// the hold. Pushes from other threads too (they see the flag), which is safe:
-    /// the release looks at the items after clearing it (see `push`).
+    /// Set by the consumer while it handles a delivery: pushes, from any thread, leave the
+    /// wake-up to the end of the hold, which looks at the items after clearing it (see `push`).
     holding: AtomicBool,
     /// How often the host was woken (the `hostWakeups` statistic).
     wakeups: AtomicU64,
@@ -156,8 +155,8 @@ impl Inbox {
     }
 
     /// Holds wake-ups back until the hold is dropped (the consumer, while it handles a
-    /// delivery); dropping it wakes the host if anything is waiting. A guard, so a consumer that ends
-    /// or is dropped mid-burst cannot leave the host asleep.
+    /// delivery); dropping it wakes the host if anything is waiting. A guard, so a consumer that
+    /// ends or is dropped mid-delivery cannot leave the host asleep.
     pub(crate) fn hold_wakes(&self) -> WakeHold<'_> {
         self.holding.store(true, Ordering::SeqCst);
         WakeHold(self)
