@@ -23,18 +23,11 @@ fn done_of(drained: &[Drained], id: u32) -> Option<(bool, u32, Option<String>)> 
     })
 }
 
-/// B has a matching socket and answers through its host; C has none and Rust answers alone,
-/// without waking C's host. The request completes with both.
-#[tokio::test(start_paused = true)]
-async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
-    let (_broker, [a, b, c]) = three().await;
-    b.join("sb", &["r"]);
-    let c_wakes = c.wakes.load(Ordering::SeqCst);
-    let (id, expected) = fetch(&a, Duration::from_secs(5));
-    assert_eq!(expected, 2);
+/// Waits until `server`'s host is asked for its sockets: how many match, who asks, the request.
+async fn fetch_asked(server: &Server) -> (usize, String, u32) {
     let mut work = Vec::new();
-    until(Duration::from_millis(100), "B's host is asked", || {
-        work.extend(b.drain());
+    until(Duration::from_millis(100), "the host is asked", || {
+        work.extend(server.drain());
         !work.is_empty()
     })
     .await;
@@ -45,18 +38,36 @@ async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
         ..
     } = &work[0]
     else {
-        panic!("B was given {work:?}");
+        panic!("the host was given {work:?}");
     };
-    assert_eq!((slots.len(), from.as_str()), (1, a.node.uid()));
-    b.node.reply(
+    (slots.len(), from.clone(), *request_id)
+}
+
+/// `server`'s host answers `from`'s fetch `request_id` with one socket, `sid`.
+fn answer_fetch(server: &Server, from: &str, request_id: u32, sid: &str) {
+    server.node.reply(
         from,
         "/",
         Message::FetchSocketsResponse {
-            request_id: *request_id,
-            sockets: vec![PacketPart::Text("sb".into())],
+            request_id,
+            sockets: vec![PacketPart::Text(sid.into())],
         },
     );
-    b.node.send_queued();
+    server.node.send_queued();
+}
+
+/// B has a matching socket and answers through its host; C has none and Rust answers alone,
+/// without waking C's host. The request completes with both.
+#[tokio::test(start_paused = true)]
+async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
+    let (_broker, [a, b, c]) = three().await;
+    b.join("sb", &["r"]);
+    let c_wakes = c.wakes.load(Ordering::SeqCst);
+    let (id, expected) = fetch(&a, Duration::from_secs(5));
+    assert_eq!(expected, 2);
+    let (slots, from, request_id) = fetch_asked(&b).await;
+    assert_eq!((slots, from.as_str()), (1, a.node.uid()));
+    answer_fetch(&b, &from, request_id, "sb");
     let mut got = Vec::new();
     until(Duration::from_millis(100), "the request completes", || {
         got.extend(a.drain());
@@ -99,27 +110,8 @@ async fn a_requests_last_reply_and_its_end_wake_an_eager_host_once() {
     let wakes = a.wakes.load(Ordering::SeqCst);
     let (id, expected) = fetch(&a, Duration::from_secs(5));
     assert_eq!(expected, 1);
-    let mut work = Vec::new();
-    until(Duration::from_millis(100), "B's host is asked", || {
-        work.extend(b.drain());
-        !work.is_empty()
-    })
-    .await;
-    let Drained::FetchSockets {
-        from, request_id, ..
-    } = &work[0]
-    else {
-        panic!("B was given {work:?}");
-    };
-    b.node.reply(
-        from,
-        "/",
-        Message::FetchSocketsResponse {
-            request_id: *request_id,
-            sockets: vec![PacketPart::Text("sb".into())],
-        },
-    );
-    b.node.send_queued();
+    let (_, from, request_id) = fetch_asked(&b).await;
+    answer_fetch(&b, &from, request_id, "sb");
     until(Duration::from_millis(100), "the request completes", || {
         batches
             .lock()
