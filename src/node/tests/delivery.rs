@@ -56,13 +56,7 @@ async fn a_turns_emits_leave_batched_and_arrive_in_order() {
 /// back until it has handled the whole message.
 #[tokio::test(start_paused = true)]
 async fn a_batch_wakes_an_eager_host_once() {
-    let broker = MemoryBroker::new();
-    let a = Server::serving(&broker, config(false)).await;
-    let (b, batches) = Server::eager(&broker).await;
-    until(Duration::from_millis(100), "both count 2", || {
-        a.count("/") == 2 && b.count("/") == 2
-    })
-    .await;
+    let (broker, a, b, batches) = eager_pair().await;
     b.join("sb", &["r"]);
     settle().await;
     batches.lock().clear();

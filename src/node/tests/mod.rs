@@ -42,52 +42,44 @@ struct Server {
 
 impl Server {
     fn new(broker: &Arc<MemoryBroker>, config: NodeConfig) -> Server {
+        Server::with_host(broker, config, |_| {})
+    }
+
+    /// A server whose host runs `on_wake` with the node each time it is woken.
+    fn with_host(
+        broker: &Arc<MemoryBroker>,
+        config: NodeConfig,
+        on_wake: impl Fn(&Node) + Send + Sync + 'static,
+    ) -> Server {
         let wakes = Arc::new(AtomicUsize::new(0));
-        let counter = wakes.clone();
+        let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
+        let (counter, slot) = (wakes.clone(), node_slot.clone());
         let waker = Arc::new(move || {
             counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(node) = slot.get().and_then(Weak::upgrade) {
+                on_wake(&node);
+            }
         });
         let bus = Arc::new(MemoryBus(broker.clone()));
         let node = Node::with_bus(config, waker, bus);
+        let _ = node_slot.set(Arc::downgrade(&node));
         node.start();
         Server { node, wakes }
     }
 
-    /// A server whose host drains the moment it is woken, as the JS thread does when it runs on
-    /// the other core: each wake-up's batch is kept, in order.
-    async fn eager(broker: &Arc<MemoryBroker>) -> (Server, Arc<Mutex<Vec<Vec<Drained>>>>) {
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let node_slot: Arc<OnceLock<Weak<Node>>> = Arc::default();
-        let wakes = Arc::new(AtomicUsize::new(0));
-        let (counter, kept, slot) = (wakes.clone(), batches.clone(), node_slot.clone());
-        let waker = Arc::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            if let Some(node) = slot.get().and_then(Weak::upgrade) {
-                kept.lock().push(node.drain());
-            }
-        });
-        let bus = Arc::new(MemoryBus(broker.clone()));
-        let node = Node::with_bus(config(false), waker, bus);
-        let _ = node_slot.set(Arc::downgrade(&node));
-        node.start();
-        node.namespace("/");
-        node.bind_namespace("/")
-            .await
-            .expect("binding / on the in-memory bus");
-        (Server { node, wakes }, batches)
-    }
-
     /// A server serving `/`, started on `broker` (not awaited: see [`Server::serving`]).
     async fn serving(broker: &Arc<MemoryBroker>, config: NodeConfig) -> Server {
-        let server = Server::new(broker, config);
-        // As the adapter does: the namespace's state exists before it is bound.
-        server.node.namespace("/");
-        server
-            .node
+        Server::new(broker, config).bound().await
+    }
+
+    /// Serves `/` (as the adapter does: the namespace's state exists before it is bound).
+    async fn bound(self) -> Server {
+        self.node.namespace("/");
+        self.node
             .bind_namespace("/")
             .await
             .expect("binding / on the in-memory bus");
-        server
+        self
     }
 
     fn count(&self, nsp: &str) -> usize {
@@ -176,6 +168,32 @@ async fn pair(room_routing: bool) -> (Arc<MemoryBroker>, Server, Server) {
     })
     .await;
     (broker, a, b)
+}
+
+/// A server serving "/" and one whose host drains the moment it is woken, as the JS thread does
+/// when it runs on the other core (each wake-up's batch kept, in order; none kept yet), counting
+/// each other.
+async fn eager_pair() -> (
+    Arc<MemoryBroker>,
+    Server,
+    Server,
+    Arc<Mutex<Vec<Vec<Drained>>>>,
+) {
+    let broker = MemoryBroker::new();
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let kept = batches.clone();
+    let plain = Server::serving(&broker, config(false)).await;
+    let eager = Server::with_host(&broker, config(false), move |node| {
+        kept.lock().push(node.drain());
+    })
+    .bound()
+    .await;
+    until(Duration::from_millis(100), "both count 2", || {
+        plain.count("/") == 2 && eager.count("/") == 2
+    })
+    .await;
+    batches.lock().clear();
+    (broker, plain, eager, batches)
 }
 
 async fn three() -> (Arc<MemoryBroker>, [Server; 3]) {

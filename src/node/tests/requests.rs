@@ -98,15 +98,8 @@ async fn a_fetch_completes_and_only_servers_with_matches_wake_their_host() {
 /// on the critical path of every request.)
 #[tokio::test(start_paused = true)]
 async fn a_requests_last_reply_and_its_end_wake_an_eager_host_once() {
-    let broker = MemoryBroker::new();
-    let (a, batches) = Server::eager(&broker).await;
-    let b = Server::serving(&broker, config(false)).await;
-    until(Duration::from_millis(100), "both count 2", || {
-        a.count("/") == 2 && b.count("/") == 2
-    })
-    .await;
+    let (_broker, b, a, batches) = eager_pair().await;
     b.join("sb", &["r"]);
-    batches.lock().clear();
     let wakes = a.wakes.load(Ordering::SeqCst);
     let (id, expected) = fetch(&a, Duration::from_secs(5));
     assert_eq!(expected, 1);
